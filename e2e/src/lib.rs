@@ -1,0 +1,1 @@
+//! End-to-end test harness: network namespaces, veth pairs, real servers and clients.

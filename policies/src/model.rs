@@ -1,0 +1,222 @@
+//! The policy document as written by people: a Kubernetes-shaped YAML object
+//! with camelCase fields. Deserialisation only checks shape; every semantic
+//! rule lives in [`crate::validate`].
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `apiVersion` every policy must carry.
+pub const API_VERSION: &str = "palisade.dev/v1alpha1";
+/// `kind` every policy must carry.
+pub const KIND: &str = "Policy";
+
+/// A Palisade egress policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    /// Must be `palisade.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `Policy`.
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// DNS-label-like name (lowercase alphanumerics and `-`, at most 63 characters).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spec {
+    /// `enforce` (default) blocks denied traffic; `audit` logs and counts
+    /// would-be denials and lets the traffic pass.
+    #[serde(default)]
+    pub mode: Mode,
+    /// `policy` (default): only names that some egress rule matches resolve.
+    /// `forward`: every name resolves (connections are still checked).
+    #[serde(default)]
+    pub dns: DnsMode,
+    /// Egress rules. An empty list is refused: write `denyAll: true` instead.
+    #[serde(default)]
+    pub egress: Vec<EgressRule>,
+    /// Set to `true` (with no egress rules) to say on purpose that nothing may leave.
+    #[serde(default)]
+    pub deny_all: bool,
+    /// Named credentials that egress rules refer to by `credential`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, Credential>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DnsMode {
+    #[default]
+    Policy,
+    Forward,
+}
+
+/// One egress rule: which hosts and ports, how TLS is handled, which HTTP
+/// requests pass, and which credential is injected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressRule {
+    /// Rule name (DNS-label-like, unique in the policy). Appears in metrics,
+    /// audit events and 403 bodies.
+    pub name: String,
+    /// Exact names (`api.github.com`) or one leading-label wildcard
+    /// (`*.githubusercontent.com`). Case-insensitive; a trailing dot is ignored;
+    /// internationalised names are matched in their IDNA (punycode) form.
+    pub hosts: Vec<String>,
+    /// Destination ports, 1–65535. Must not be empty.
+    pub ports: Vec<u32>,
+    /// `inspect` terminates TLS with the sandbox CA; `passthrough` splices it.
+    /// Default: `inspect` when `http` or `credential` is set, else `passthrough`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMode>,
+    /// HTTP request rules (need `tls: inspect` or a plain-HTTP port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRules>,
+    /// Name of an entry in `spec.credentials` to inject on matching requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Allow connections whose first bytes are neither TLS nor HTTP (opaque
+    /// TCP) to these hosts and ports. Default `false`.
+    #[serde(default)]
+    pub opaque_tcp: bool,
+    /// Opt-in for resolved addresses in private ranges (RFC 1918, ULA, CGNAT).
+    /// Loopback, link-local and unspecified ranges are never accepted here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<String>")]
+    pub allowed_cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsMode {
+    Inspect,
+    Passthrough,
+}
+
+/// HTTP request rules. Either `access` (a preset) or explicit `allow` rules;
+/// `deny` rules are checked first in both cases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRules {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<RequestRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<RequestRule>,
+}
+
+/// Presets: `read-only` = GET, HEAD, OPTIONS on every path; `read-write` adds
+/// POST, PUT, PATCH; `full` = every method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+    Full,
+}
+
+/// One request matcher. All given parts must match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRule {
+    /// Methods (upper-case tokens). Empty or absent = any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Path glob starting with `/`: `*` matches within one segment, `**` any
+    /// number of segments. Absent = any path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Query parameters that must be present, each value a glob (`*` = any value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, String>,
+}
+
+/// A named credential: where its value comes from and how it is injected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credential {
+    pub from: CredentialSource,
+    #[serde(default)]
+    pub inject: Injection,
+}
+
+/// Exactly one source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum CredentialSource {
+    /// A secret held by the gateway (embedded store or Kubernetes Secret).
+    Secret { name: String, key: String },
+    /// A file readable only by the sidecar; re-read on change.
+    File(String),
+    /// An environment variable of the sidecar process.
+    Env(String),
+    /// A SPIFFE JWT-SVID exchanged at an OAuth token endpoint.
+    TokenGrant(TokenGrant),
+    /// A gateway-minted JWT bound to one upstream audience.
+    WorkloadToken { audience: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenGrant {
+    /// Token endpoint URL (https; http only for loopback and cluster-local names).
+    pub token_endpoint: String,
+    /// `clientCredentials` (RFC 7523 client assertion) or `tokenExchange` (RFC 8693).
+    pub grant: GrantType,
+    /// Audience requested for the JWT-SVID.
+    pub svid_audience: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum GrantType {
+    ClientCredentials,
+    TokenExchange,
+}
+
+/// How a credential is put on the request. Default: `Authorization: Bearer <value>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Injection {
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Prefix written before the value (`Bearer`, `token`, ...). Absent = raw value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+}
+
+fn default_header() -> String {
+    "Authorization".to_owned()
+}
+
+impl Default for Injection {
+    fn default() -> Self {
+        Self { header: default_header(), scheme: Some("Bearer".to_owned()) }
+    }
+}

@@ -1,0 +1,1 @@
+//! Semantic validation of a deserialised [`crate::Policy`].
