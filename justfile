@@ -24,9 +24,11 @@ lint:
 fmt:
     cargo fmt --all
 
-# Benchmarks (release builds; JSON under target/criterion).
+# Benchmarks: the policy matcher (criterion; JSON under target/criterion) and the
+# inspecting proxy path vs direct connections (h2load + wrk in network namespaces; needs root).
 bench:
     cargo bench -p palisade-policy --bench matcher
+    cargo test --release -p palisade-e2e --test l7 -- --ignored --nocapture bench
 
 # Regenerate the checked-in JSON Schema for policies.
 schema:

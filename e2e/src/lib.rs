@@ -25,14 +25,17 @@ pub mod process;
 pub mod servers;
 pub mod topology;
 
-pub use bins::{sidecar_bin, workspace_bin};
+pub use bins::{sidecar_argv, sidecar_bin, workspace_bin};
 pub use netns::Netns;
 pub use prereq::{in_ci, require_root_or_skip};
 pub use process::{
-    CmdOutput, Proc, as_agent, as_uid, run_in, spawn_in, wait_for_tcp_listen, wait_for_udp_listen,
-    wait_until,
+    CmdOutput, Proc, as_agent, as_sidecar, as_uid, run_in, run_in_with_input, spawn_in,
+    wait_for_tcp_listen, wait_for_udp_listen, wait_until,
 };
-pub use servers::{Dnsmasq, Nginx, OrigDstListener, TcpEcho, UdpSink};
+pub use servers::{
+    DEFAULT_TLS_NAMES, DnsRecord, Dnsmasq, Nginx, OrigDstListener, ProbeResult, TcpEcho, TestPki,
+    UdpSink, default_records, probe,
+};
 pub use topology::Topology;
 
 /// Agent UID/GID used by the tests (matches the product default).

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 /// True when the `CI` environment variable is `true` (or `1`).
 pub fn in_ci() -> bool {
     matches!(
-        std::env::var("CI").as_deref().map(str::to_ascii_lowercase).as_deref(),
+        std::env::var("CI")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Ok("true") | Ok("1")
     )
 }
@@ -17,11 +20,18 @@ pub fn in_ci() -> bool {
 pub fn package_for(tool: &str) -> &'static str {
     match tool {
         "ip" | "ss" => "iproute2",
-        "iptables" | "ip6tables" | "iptables-restore" | "ip6tables-restore" | "iptables-save"
-        | "ip6tables-save" | "iptables-legacy" | "iptables-nft" | "iptables-legacy-restore"
-        | "iptables-nft-restore" | "ip6tables-legacy-restore" | "ip6tables-nft-restore" => {
-            "iptables"
-        }
+        "iptables"
+        | "ip6tables"
+        | "iptables-restore"
+        | "ip6tables-restore"
+        | "iptables-save"
+        | "ip6tables-save"
+        | "iptables-legacy"
+        | "iptables-nft"
+        | "iptables-legacy-restore"
+        | "iptables-nft-restore"
+        | "ip6tables-legacy-restore"
+        | "ip6tables-nft-restore" => "iptables",
         "nft" => "nftables",
         "nginx" => "nginx-light",
         "curl" => "curl",

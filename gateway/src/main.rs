@@ -1,11 +1,14 @@
 //! `palisade`: the gateway and the operator CLI.
+//!
+//! The operator CLI lives in [`cli`]; the gateway server is the
+//! `palisade_gateway` library, run by `palisade gateway serve`.
+
+mod cli;
+
+use std::process::ExitCode;
+
 use clap::Parser;
 
-/// Palisade gateway (control plane) and operator CLI.
-#[derive(Debug, Parser)]
-#[command(name = "palisade", version, about)]
-enum Cli {}
-
-fn main() -> anyhow::Result<()> {
-    match Cli::parse() {}
+fn main() -> ExitCode {
+    cli::run(cli::Cli::parse())
 }

@@ -4,13 +4,17 @@
 //! * [`capture`] — redirect + fence rules (iptables-restore / nft), `init`, `cleanup`, `validate`.
 //! * [`run`] — the data plane: listeners, protocol peek, policy decisions, splice, admin.
 //! * [`dns`] — the policy DNS server on 15053 and the answer cache that anti-spoofing reads.
+//! * [`tls`] — the sandbox CA, leaf certificates, rustls configurations for interception.
+//! * [`credentials`] — credential sources and the values injected into inspected requests.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 
 mod capture;
+mod credentials;
 mod dns;
 mod run;
+mod tls;
 
 /// Default UID (and GID) the sidecar's data plane runs as; its traffic is never redirected.
 pub const DEFAULT_SIDECAR_UID: u32 = 1337;

@@ -46,8 +46,15 @@ impl DenyReason {
 /// sub-rule when one decided (e.g. `deny[0]`, `allow[2]`, `access:read-only`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision<'p> {
-    Allow { rule: &'p str, detail: Option<&'p str> },
-    Deny { rule: Option<&'p str>, detail: Option<&'p str>, reason: DenyReason },
+    Allow {
+        rule: &'p str,
+        detail: Option<&'p str>,
+    },
+    Deny {
+        rule: Option<&'p str>,
+        detail: Option<&'p str>,
+        reason: DenyReason,
+    },
 }
 
 impl<'p> Decision<'p> {

@@ -9,15 +9,21 @@
 //! request on the matching path for ASCII hosts, or accept a document that
 //! would silently mean allow-all or deny-all.
 
+#![forbid(unsafe_code)]
+
+pub mod addr;
 pub mod compiled;
 pub mod decision;
 pub mod error;
+pub mod host;
 pub mod model;
 pub mod parse;
+pub mod schema;
 pub mod validate;
 
 pub use compiled::{CompiledPolicy, RuleId};
 pub use decision::{Decision, DenyReason};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::Policy;
-pub use parse::{MAX_POLICY_BYTES, parse_policy};
+pub use parse::{MAX_DEPTH, MAX_FLOW_BRACKETS, MAX_NODES, MAX_POLICY_BYTES, parse_policy};
+pub use validate::validate;

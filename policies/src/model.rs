@@ -18,8 +18,10 @@ pub const KIND: &str = "Policy";
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     /// Must be `palisade.dev/v1alpha1`.
+    #[schemars(extend("const" = API_VERSION))]
     pub api_version: String,
     /// Must be `Policy`.
+    #[schemars(extend("const" = KIND))]
     pub kind: String,
     pub metadata: Metadata,
     pub spec: Spec,
@@ -29,6 +31,7 @@ pub struct Policy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     /// DNS-label-like name (lowercase alphanumerics and `-`, at most 63 characters).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -79,12 +82,16 @@ pub enum DnsMode {
 pub struct EgressRule {
     /// Rule name (DNS-label-like, unique in the policy). Appears in metrics,
     /// audit events and 403 bodies.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub name: String,
-    /// Exact names (`api.github.com`) or one leading-label wildcard
-    /// (`*.githubusercontent.com`). Case-insensitive; a trailing dot is ignored;
+    /// Exact names (`api.github.com`), one leading-label wildcard
+    /// (`*.githubusercontent.com`: exactly one extra label, not the parent
+    /// itself), or IP literals. Case-insensitive; a trailing dot is ignored;
     /// internationalised names are matched in their IDNA (punycode) form.
+    #[schemars(length(min = 1))]
     pub hosts: Vec<String>,
     /// Destination ports, 1–65535. Must not be empty.
+    #[schemars(length(min = 1), inner(range(min = 1, max = 65535)))]
     pub ports: Vec<u32>,
     /// `inspect` terminates TLS with the sandbox CA; `passthrough` splices it.
     /// Default: `inspect` when `http` or `credential` is set, else `passthrough`.
@@ -141,7 +148,8 @@ pub enum Access {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestRule {
-    /// Methods (upper-case tokens). Empty or absent = any method.
+    /// Methods (upper-case tokens). Absent = any method; an explicitly empty
+    /// list (`methods: []`) is refused by the parser as ambiguous.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
     /// Path glob starting with `/`: `*` matches within one segment, `**` any
@@ -157,6 +165,10 @@ pub struct RequestRule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Credential {
+    /// Where the value comes from: a mapping with exactly one key naming the
+    /// source (`from: {secret: {name: x, key: y}}`).
+    #[serde(with = "serde_yaml_ng::with::singleton_map")]
+    #[schemars(with = "CredentialSource")]
     pub from: CredentialSource,
     #[serde(default)]
     pub inject: Injection,
@@ -217,6 +229,9 @@ fn default_header() -> String {
 
 impl Default for Injection {
     fn default() -> Self {
-        Self { header: default_header(), scheme: Some("Bearer".to_owned()) }
+        Self {
+            header: default_header(),
+            scheme: Some("Bearer".to_owned()),
+        }
     }
 }

@@ -1,0 +1,192 @@
+//! The authentication chain: turns the `Authorization` header into a
+//! [`Principal`] (or a 401), and the tower layer that runs it.
+//!
+//! Authenticators, tried in order on a bearer credential:
+//! 1. the static admin token ([`admin_token`]) → `User{admin}`;
+//! 2. a one-time bootstrap token (`pbt_…`, looked up by hash) → `Bootstrap`;
+//! 3. a sandbox JWT ([`crate::tokens`]) whose sandbox still exists → `Sandbox`.
+//!
+//! No header → `Anonymous` (which holds scopes only under
+//! `--insecure-allow-anonymous`). A credential that no authenticator accepts
+//! is a 401 — never a fall-through to anonymous.
+//! Must never: log a credential, or answer 5xx for a bad credential.
+
+pub mod admin_token;
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use palisade_api::BOOTSTRAP_TOKEN_PREFIX;
+use sha2::{Digest, Sha256};
+
+use tower::Layer;
+
+use crate::http::{ApiError, HttpService, Next, Request};
+use crate::principal::{Principal, Role};
+use crate::state::AppState;
+use crate::store::BootstrapLookup;
+
+/// A refusal: which authenticator, a bounded reason label, and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    pub authenticator: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl AuthFailure {
+    fn new(authenticator: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            authenticator,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reason label when the store, not the credential, failed (answered 503).
+pub const STORE_ERROR: &str = "store_error";
+
+/// SHA-256 hex of a bootstrap token: its key in the store.
+pub fn bootstrap_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Run the chain on one request's headers.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(Principal::Anonymous {
+            insecure_allowed: state.config.insecure_allow_anonymous,
+        });
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            AuthFailure::new(
+                "header",
+                "malformed_header",
+                "the Authorization header must be `Bearer <token>`",
+            )
+        })?;
+
+    if let Some(admin) = &state.admin_token
+        && admin.matches(token)
+    {
+        return Ok(Principal::User {
+            subject: "admin".to_owned(),
+            roles: vec![Role::Admin],
+        });
+    }
+
+    if token.starts_with(BOOTSTRAP_TOKEN_PREFIX) {
+        let hash = bootstrap_hash(token);
+        let store = state.store.clone();
+        let now = crate::fsutil::now();
+        let h = hash.clone();
+        let lookup = tokio::task::spawn_blocking(move || store.lookup_bootstrap(&h, now))
+            .await
+            .map_err(|_| {
+                AuthFailure::new("bootstrap", STORE_ERROR, "the store is unavailable; retry")
+            })?
+            .map_err(|_| {
+                state.metrics.store_errors.inc();
+                AuthFailure::new("bootstrap", STORE_ERROR, "the store is unavailable; retry")
+            })?;
+        return match lookup {
+            BootstrapLookup::Valid(rec) => Ok(Principal::Bootstrap {
+                sandbox_id: rec.sandbox_id,
+                token_hash: hash,
+            }),
+            BootstrapLookup::Expired => Err(AuthFailure::new(
+                "bootstrap",
+                "expired",
+                "the bootstrap token has expired; create the sandbox again or ask an operator",
+            )),
+            BootstrapLookup::Unknown => Err(AuthFailure::new(
+                "bootstrap",
+                "unknown",
+                "the bootstrap token is unknown or was already used",
+            )),
+        };
+    }
+
+    if token.bytes().filter(|b| *b == b'.').count() == 2 {
+        let now = crate::fsutil::now();
+        let (id, claims) = state
+            .tokens
+            .verify(token, now)
+            .map_err(|e| AuthFailure::new("sandbox_jwt", e.as_str(), e.to_string()))?;
+        // Deleting a sandbox revokes its tokens at once.
+        let store = state.store.clone();
+        let lookup_id = id.clone();
+        let exists = tokio::task::spawn_blocking(move || store.get_sandbox(&lookup_id))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                AuthFailure::new(
+                    "sandbox_jwt",
+                    STORE_ERROR,
+                    "the store is unavailable; retry",
+                )
+            })?
+            .is_some();
+        if !exists {
+            return Err(AuthFailure::new(
+                "sandbox_jwt",
+                "revoked",
+                "the sandbox of this token no longer exists",
+            ));
+        }
+        return Ok(Principal::Sandbox {
+            id,
+            jti: claims.jti,
+        });
+    }
+
+    Err(AuthFailure::new(
+        "chain",
+        "unrecognized",
+        "the bearer credential is not recognised by any authenticator",
+    ))
+}
+
+/// The authentication layer: puts the [`Principal`] in request extensions.
+pub fn layer(state: Arc<AppState>) -> impl Layer<HttpService, Service = HttpService> + Clone {
+    crate::http::from_fn(move |mut req: Request, next: Next| {
+        let state = state.clone();
+        async move {
+            match authenticate(&state, req.headers()).await {
+                Ok(principal) => {
+                    tracing::Span::current().record("principal", principal.subject());
+                    req.extensions_mut().insert(principal);
+                    next.run(req).await
+                }
+                Err(failure) => {
+                    state
+                        .metrics
+                        .auth_failure(failure.authenticator, failure.reason);
+                    tracing::info!(
+                        authenticator = failure.authenticator,
+                        reason = failure.reason,
+                        "credential refused"
+                    );
+                    if failure.reason == STORE_ERROR {
+                        // Not the caller's fault: 503 so that a sidecar retries
+                        // instead of throwing its token away.
+                        ApiError::unavailable(failure.message).into_response()
+                    } else {
+                        ApiError::unauthenticated(failure.message).into_response()
+                    }
+                }
+            }
+        }
+    })
+}

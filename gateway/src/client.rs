@@ -1,0 +1,175 @@
+//! A small HTTP client for the gateway API (the operator CLI and tests):
+//! one request per connection, HTTP/1.1, plaintext or rustls with a CA file.
+//! Must never: print or log the bearer token it sends.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Method, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Where and how to reach a gateway.
+#[derive(Clone)]
+pub struct GatewayClient {
+    base: Uri,
+    token: Option<String>,
+    tls: Option<TlsConnector>,
+}
+
+impl std::fmt::Debug for GatewayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// An answer: status, headers, body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).context("the gateway answered with invalid JSON")
+    }
+}
+
+impl GatewayClient {
+    /// `base` is `http://host:port` or `https://host:port`; `ca_file` adds a
+    /// trusted CA for https (otherwise the Mozilla roots are not bundled, so
+    /// https needs a CA file).
+    pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> anyhow::Result<Self> {
+        let base: Uri = base
+            .trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("`{base}` is not a URL; use e.g. https://gateway:8443"))?;
+        let tls = match base.scheme_str() {
+            Some("http") => None,
+            Some("https") => {
+                let Some(ca) = ca_file else {
+                    bail!(
+                        "https gateways need --ca-file (the CA that signed the gateway's certificate)"
+                    );
+                };
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("cannot read CA file {}", ca.display()))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    roots
+                        .add(cert.with_context(|| format!("{} is not PEM", ca.display()))?)
+                        .with_context(|| {
+                            format!("{} holds an unusable certificate", ca.display())
+                        })?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .context("TLS setup")?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Some(TlsConnector::from(Arc::new(config)))
+            }
+            _ => bail!("gateway URL must start with http:// or https://"),
+        };
+        Ok(Self { base, token, tls })
+    }
+
+    /// Send one request; `path` includes any query.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> anyhow::Result<Answer> {
+        self.send_with(method, path, content_type, body, &[]).await
+    }
+
+    /// Like [`send`](Self::send) with extra headers.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Answer> {
+        let host = self.base.host().context("gateway URL has no host")?;
+        let port = self
+            .base
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let authority = self
+            .base
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| host.to_owned());
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, authority);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).context("invalid request")?;
+        let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
+            .await
+            .with_context(|| format!("cannot connect to the gateway at {}", self.base))?;
+        let resp = match &self.tls {
+            None => exchange(TokioIo::new(tcp), req).await?,
+            Some(connector) => {
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .context("gateway host is not a valid TLS name")?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .with_context(|| format!("TLS handshake with {} failed", self.base))?;
+                exchange(TokioIo::new(tls), req).await?
+            }
+        };
+        Ok(resp)
+    }
+}
+
+async fn exchange<IO>(io: IO, req: http::Request<Full<Bytes>>) -> anyhow::Result<Answer>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .context("HTTP handshake with the gateway failed")?;
+    let driver = tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("the gateway closed the connection")?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .context("reading the gateway's answer failed")?
+        .to_bytes();
+    driver.abort();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}

@@ -1,0 +1,473 @@
+//! Gateway configuration: defaults < YAML file (`--config`) < `PALISADE_*`
+//! environment < flags, parsed once into a typed [`Config`].
+//!
+//! Must never: print a secret (`--print-config` shows the admin token file's
+//! path and fingerprint only), or start in a mode that fails open.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/palisade";
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_BOOTSTRAP_TTL: Duration = Duration::from_secs(60 * 60);
+pub const DEFAULT_KEY_ROTATION_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A policy may be 1 MiB ([`palisade_policy::MAX_POLICY_BYTES`]); bodies are capped there.
+pub const DEFAULT_MAX_BODY_BYTES: usize = palisade_policy::MAX_POLICY_BYTES;
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Sustained requests per second per principal.
+pub const DEFAULT_RATE_LIMIT_PER_SEC: f64 = 50.0;
+/// Requests a principal may burst above the sustained rate.
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 100;
+/// The longest `?wait=` a long-poll may ask for.
+pub const MAX_LONG_POLL: Duration = Duration::from_secs(30);
+
+/// `palisade gateway serve` flags. Every flag also reads `PALISADE_<NAME>`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// YAML config file; flags and PALISADE_* env override its values.
+    #[arg(long, env = "PALISADE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// API listen address [default: 0.0.0.0:8443].
+    #[arg(long, env = "PALISADE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listen address for /live, /ready, /metrics [default: 0.0.0.0:9090].
+    #[arg(long, env = "PALISADE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Directory for the database and signing keys [default: /var/lib/palisade].
+    #[arg(long, env = "PALISADE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "PALISADE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "PALISADE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS client certificates signed by this CA (PEM).
+    #[arg(long, env = "PALISADE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve the API without TLS (local use only).
+    #[arg(long, env = "PALISADE_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// File holding the static admin bearer token (mode 0600).
+    #[arg(long, env = "PALISADE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Start with no operator authenticator; anonymous callers then get
+    /// sandbox and policy read/write (never admin). Local use only.
+    #[arg(long, env = "PALISADE_INSECURE_ALLOW_ANONYMOUS")]
+    pub insecure_allow_anonymous: bool,
+    /// `iss` of minted tokens and the OpenID issuer [default: derived from --listen].
+    #[arg(long, env = "PALISADE_ISSUER")]
+    pub issuer: Option<String>,
+    /// Sandbox JWT lifetime, e.g. 15m.
+    #[arg(long, env = "PALISADE_TOKEN_TTL", value_parser = parse_duration)]
+    pub token_ttl: Option<Duration>,
+    /// Bootstrap token lifetime, e.g. 1h.
+    #[arg(long, env = "PALISADE_BOOTSTRAP_TTL", value_parser = parse_duration)]
+    pub bootstrap_ttl: Option<Duration>,
+    /// Rotate the signing key automatically when it is this old, e.g. 24h.
+    #[arg(long, env = "PALISADE_KEY_ROTATION_INTERVAL", value_parser = parse_duration)]
+    pub key_rotation_interval: Option<Duration>,
+    /// Clock skew tolerated on token times (at most 60s).
+    #[arg(long, env = "PALISADE_LEEWAY", value_parser = parse_duration)]
+    pub leeway: Option<Duration>,
+    /// Whole-request timeout.
+    #[arg(long, env = "PALISADE_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// How long a client may take to send its request headers.
+    #[arg(long, env = "PALISADE_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "PALISADE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Requests served at once; more get 503.
+    #[arg(long, env = "PALISADE_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Sustained requests per second allowed per principal.
+    #[arg(long, env = "PALISADE_RATE_LIMIT_PER_SEC")]
+    pub rate_limit_per_sec: Option<f64>,
+    /// Burst allowed per principal above the sustained rate.
+    #[arg(long, env = "PALISADE_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The YAML config file: every key optional, unknown keys refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub insecure_plaintext: Option<bool>,
+    pub admin_token_file: Option<PathBuf>,
+    pub insecure_allow_anonymous: Option<bool>,
+    pub issuer: Option<String>,
+    pub token_ttl: Option<String>,
+    pub bootstrap_ttl: Option<String>,
+    pub key_rotation_interval: Option<String>,
+    pub leeway: Option<String>,
+    pub request_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+    pub rate_limit_per_sec: Option<f64>,
+    pub rate_limit_burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls: Option<TlsFiles>,
+    pub admin_token_file: Option<PathBuf>,
+    pub insecure_allow_anonymous: bool,
+    pub issuer: String,
+    pub token_ttl: Duration,
+    pub bootstrap_ttl: Duration,
+    pub key_rotation_interval: Duration,
+    pub leeway: Duration,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub rate_limit_per_sec: f64,
+    pub rate_limit_burst: u32,
+}
+
+/// `30s`, `15m`, `1h`, `2d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is not a duration; write e.g. 30s, 15m, 1h or 2d"))
+}
+
+fn file_duration(v: Option<&String>, key: &str) -> anyhow::Result<Option<Duration>> {
+    v.map(|s| parse_duration(s).map_err(|e| anyhow::anyhow!("config key `{key}`: {e}")))
+        .transpose()
+}
+
+impl Config {
+    /// Merge flags/env over the config file over defaults, then validate.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                serde_yaml_ng::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("config file {} is invalid", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let default_addr = |s: &str| -> anyhow::Result<SocketAddr> { Ok(s.parse()?) };
+        let listen = match args.listen.or(file.listen) {
+            Some(a) => a,
+            None => default_addr(DEFAULT_LISTEN)?,
+        };
+        let admin_listen = match args.admin_listen.or(file.admin_listen) {
+            Some(a) => a,
+            None => default_addr(DEFAULT_ADMIN_LISTEN)?,
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let cert = args.tls_cert.clone().or(file.tls_cert);
+        let key = args.tls_key.clone().or(file.tls_key);
+        let insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext == Some(true);
+        let client_ca = args.tls_client_ca.clone().or(file.tls_client_ca);
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None) if client_ca.is_some() => {
+                bail!("--tls-client-ca needs --tls-cert and --tls-key")
+            }
+            (None, None) if insecure_plaintext => None,
+            (None, None) => bail!(
+                "refusing to serve the API without TLS: give --tls-cert and --tls-key, or \
+                 --insecure-plaintext for local use"
+            ),
+            _ => bail!("--tls-cert and --tls-key must be given together"),
+        };
+        let admin_token_file = args.admin_token_file.clone().or(file.admin_token_file);
+        let insecure_allow_anonymous =
+            args.insecure_allow_anonymous || file.insecure_allow_anonymous == Some(true);
+        if admin_token_file.is_none() && !insecure_allow_anonymous {
+            bail!(
+                "no operator authentication is configured: give --admin-token-file FILE (a 0600 \
+                 file holding a random token), or --insecure-allow-anonymous for local use"
+            );
+        }
+        let issuer = match args.issuer.clone().or(file.issuer) {
+            Some(i) => i,
+            None => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let host = if listen.ip().is_unspecified() {
+                    "localhost".to_owned()
+                } else {
+                    match listen {
+                        SocketAddr::V4(a) => a.ip().to_string(),
+                        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+                    }
+                };
+                format!("{scheme}://{host}:{}", listen.port())
+            }
+        };
+        let pick = |flag: Option<Duration>, file: Option<Duration>, default: Duration| {
+            flag.or(file).unwrap_or(default)
+        };
+        let token_ttl = pick(
+            args.token_ttl,
+            file_duration(file.token_ttl.as_ref(), "token-ttl")?,
+            DEFAULT_TOKEN_TTL,
+        );
+        let bootstrap_ttl = pick(
+            args.bootstrap_ttl,
+            file_duration(file.bootstrap_ttl.as_ref(), "bootstrap-ttl")?,
+            DEFAULT_BOOTSTRAP_TTL,
+        );
+        let key_rotation_interval = pick(
+            args.key_rotation_interval,
+            file_duration(file.key_rotation_interval.as_ref(), "key-rotation-interval")?,
+            DEFAULT_KEY_ROTATION_INTERVAL,
+        );
+        let leeway = pick(
+            args.leeway,
+            file_duration(file.leeway.as_ref(), "leeway")?,
+            DEFAULT_LEEWAY,
+        );
+        let request_timeout = pick(
+            args.request_timeout,
+            file_duration(file.request_timeout.as_ref(), "request-timeout")?,
+            DEFAULT_REQUEST_TIMEOUT,
+        );
+        let header_read_timeout = pick(
+            args.header_read_timeout,
+            file_duration(file.header_read_timeout.as_ref(), "header-read-timeout")?,
+            DEFAULT_HEADER_READ_TIMEOUT,
+        );
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_concurrent_requests = args
+            .max_concurrent_requests
+            .or(file.max_concurrent_requests)
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS);
+
+        let rate_limit_per_sec = args
+            .rate_limit_per_sec
+            .or(file.rate_limit_per_sec)
+            .unwrap_or(DEFAULT_RATE_LIMIT_PER_SEC);
+        let rate_limit_burst = args
+            .rate_limit_burst
+            .or(file.rate_limit_burst)
+            .unwrap_or(DEFAULT_RATE_LIMIT_BURST);
+        if !(rate_limit_per_sec.is_finite() && rate_limit_per_sec > 0.0) || rate_limit_burst == 0 {
+            bail!("--rate-limit-per-sec and --rate-limit-burst must be positive");
+        }
+        if !(60..=86_400).contains(&token_ttl.as_secs()) {
+            bail!("--token-ttl must be between 1m and 24h");
+        }
+        if leeway.as_secs() > crate::tokens::MAX_LEEWAY_SECS {
+            bail!("--leeway must be at most 60s");
+        }
+        if key_rotation_interval < token_ttl {
+            bail!("--key-rotation-interval must be at least --token-ttl");
+        }
+        if bootstrap_ttl.as_secs() < 1 {
+            bail!("--bootstrap-ttl must be at least 1s");
+        }
+        if request_timeout <= MAX_LONG_POLL {
+            bail!("--request-timeout must be longer than the 30s long-poll limit");
+        }
+        if header_read_timeout.is_zero() {
+            bail!("--header-read-timeout must be at least 1s");
+        }
+        if max_body_bytes == 0 || max_concurrent_requests == 0 {
+            bail!("--max-body-bytes and --max-concurrent-requests must be positive");
+        }
+        Ok(Config {
+            listen,
+            admin_listen,
+            data_dir,
+            tls,
+            admin_token_file,
+            insecure_allow_anonymous,
+            issuer,
+            token_ttl,
+            bootstrap_ttl,
+            key_rotation_interval,
+            leeway,
+            request_timeout,
+            header_read_timeout,
+            max_body_bytes,
+            max_concurrent_requests,
+            rate_limit_per_sec,
+            rate_limit_burst,
+        })
+    }
+
+    /// The effective configuration as YAML, secrets replaced by fingerprints.
+    pub fn redacted_yaml(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        struct Shown<'a> {
+            listen: String,
+            admin_listen: String,
+            data_dir: &'a Path,
+            tls: Option<&'a TlsFiles>,
+            insecure_plaintext: bool,
+            admin_token_file: Option<&'a Path>,
+            admin_token: Option<String>,
+            insecure_allow_anonymous: bool,
+            issuer: &'a str,
+            token_ttl: String,
+            bootstrap_ttl: String,
+            key_rotation_interval: String,
+            leeway: String,
+            request_timeout: String,
+            header_read_timeout: String,
+            max_body_bytes: usize,
+            max_concurrent_requests: usize,
+            rate_limit_per_sec: f64,
+            rate_limit_burst: u32,
+        }
+        let secs = |d: Duration| format!("{}s", d.as_secs());
+        let admin_token =
+            self.admin_token_file.as_ref().map(
+                |p| match crate::authn::admin_token::AdminToken::load(p) {
+                    Ok(t) => format!("<redacted, {}>", t.fingerprint()),
+                    Err(e) => format!("<unreadable: {e}>"),
+                },
+            );
+        let shown = Shown {
+            listen: self.listen.to_string(),
+            admin_listen: self.admin_listen.to_string(),
+            data_dir: &self.data_dir,
+            tls: self.tls.as_ref(),
+            insecure_plaintext: self.tls.is_none(),
+            admin_token_file: self.admin_token_file.as_deref(),
+            admin_token,
+            insecure_allow_anonymous: self.insecure_allow_anonymous,
+            issuer: &self.issuer,
+            token_ttl: secs(self.token_ttl),
+            bootstrap_ttl: secs(self.bootstrap_ttl),
+            key_rotation_interval: secs(self.key_rotation_interval),
+            leeway: secs(self.leeway),
+            request_timeout: secs(self.request_timeout),
+            header_read_timeout: secs(self.header_read_timeout),
+            max_body_bytes: self.max_body_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
+            rate_limit_per_sec: self.rate_limit_per_sec,
+            rate_limit_burst: self.rate_limit_burst,
+        };
+        serde_yaml_ng::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(list: &[&str]) -> ServeArgs {
+        T::try_parse_from(std::iter::once("t").chain(list.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn refuses_plaintext_and_anonymous_unless_asked() {
+        let e = Config::resolve(&args(&["--admin-token-file", "/x"])).unwrap_err();
+        assert!(e.to_string().contains("--insecure-plaintext"), "{e}");
+        let e = Config::resolve(&args(&["--insecure-plaintext"])).unwrap_err();
+        assert!(e.to_string().contains("--admin-token-file"), "{e}");
+        let c = Config::resolve(&args(&[
+            "--insecure-plaintext",
+            "--insecure-allow-anonymous",
+        ]))
+        .unwrap();
+        assert!(c.tls.is_none() && c.insecure_allow_anonymous);
+        assert_eq!(c.issuer, "http://localhost:8443");
+        let e =
+            Config::resolve(&args(&["--tls-cert", "/c", "--admin-token-file", "/x"])).unwrap_err();
+        assert!(e.to_string().contains("together"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.yaml");
+        std::fs::write(
+            &file,
+            "listen: 127.0.0.1:1111\nadmin-listen: 127.0.0.1:2222\ninsecure-plaintext: true\n\
+             insecure-allow-anonymous: true\ntoken-ttl: 5m\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = Config::resolve(&args(&["--config", f, "--listen", "127.0.0.1:3333"])).unwrap();
+        assert_eq!(c.listen.port(), 3333);
+        assert_eq!(c.admin_listen.port(), 2222);
+        assert_eq!(c.token_ttl, Duration::from_secs(300));
+        assert_eq!(c.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        std::fs::write(&file, "listn: 1\n").unwrap();
+        let e = Config::resolve(&args(&["--config", f])).unwrap_err();
+        assert!(format!("{e:#}").contains("listn"), "{e:#}");
+    }
+}

@@ -1,0 +1,107 @@
+//! The router and the handlers. Handlers see the [`Principal`] and the
+//! [`Matched`] route in extensions, never the credential.
+//! Must never: answer differently for a missing and a foreign sandbox.
+
+mod events;
+mod keys;
+mod policies;
+mod sandboxes;
+mod tokens;
+mod wellknown;
+
+use std::sync::Arc;
+
+use crate::http::{ApiError, HttpService, Request, Response, service};
+use crate::principal::Principal;
+use crate::routes::{Matched, RouteId};
+use crate::state::AppState;
+use crate::store::{Store, StoreError};
+
+/// The innermost service: dispatch on the route the authz layer matched.
+pub fn router(state: Arc<AppState>) -> HttpService {
+    service(move |req: Request| {
+        let state = state.clone();
+        async move {
+            let (Some(matched), Some(principal)) = (
+                req.extensions().get::<Matched>().cloned(),
+                req.extensions().get::<Principal>().cloned(),
+            ) else {
+                return ApiError::internal("route or principal missing: stack misbuilt")
+                    .into_response();
+            };
+            let ctx = Ctx {
+                state,
+                principal,
+                matched,
+            };
+            let result = match ctx.matched.route.id {
+                RouteId::Jwks => wellknown::jwks(&ctx),
+                RouteId::OpenIdConfiguration => wellknown::openid_configuration(&ctx),
+                RouteId::OpenApi => Ok(crate::http::json(
+                    http::StatusCode::OK,
+                    &crate::openapi::document(),
+                )),
+                RouteId::SandboxCreate => sandboxes::create(&ctx, req).await,
+                RouteId::SandboxList => sandboxes::list(&ctx).await,
+                RouteId::SandboxGet => sandboxes::get(&ctx).await,
+                RouteId::SandboxDelete => sandboxes::delete(&ctx).await,
+                RouteId::SandboxPolicyGet => policies::for_sandbox(&ctx, req).await,
+                RouteId::SandboxEvents => events::ingest(&ctx, req).await,
+                RouteId::WorkloadTokens => tokens::workload(&ctx, req).await,
+                RouteId::PolicyPut => policies::put(&ctx, req).await,
+                RouteId::PolicyGet => policies::get(&ctx).await,
+                RouteId::TokenIssue => tokens::issue(&ctx).await,
+                RouteId::TokenRefresh => tokens::refresh(&ctx).await,
+                RouteId::KeysList => keys::list(&ctx),
+                RouteId::KeysRotate => keys::rotate(&ctx).await,
+            };
+            result.unwrap_or_else(ApiError::into_response)
+        }
+    })
+}
+
+/// What a handler gets.
+#[derive(Debug)]
+pub struct Ctx {
+    pub state: Arc<AppState>,
+    pub principal: Principal,
+    pub matched: Matched,
+}
+
+pub type HandlerResult = Result<Response, ApiError>;
+
+impl Ctx {
+    /// Run a store operation off the async threads; count and explain failures.
+    pub async fn store<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.state.store.clone();
+        let result = tokio::task::spawn_blocking(move || f(store.as_ref())).await;
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.state.metrics.store_errors.inc();
+                tracing::error!(error = %e, "store operation failed");
+                Err(ApiError::unavailable(
+                    "the gateway store failed; retry, and see the gateway log",
+                ))
+            }
+            Err(_) => {
+                self.state.metrics.store_errors.inc();
+                Err(ApiError::internal("store task panicked"))
+            }
+        }
+    }
+}
+
+/// A DNS-label-like name: lowercase alphanumerics and `-`, 1..=63, no edge `-`.
+pub fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}

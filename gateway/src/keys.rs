@@ -1,0 +1,447 @@
+//! The signing key set: Ed25519 keys, one active signer, retired keys kept
+//! for verification until every token they signed has expired, online
+//! rotation, persistence (private keys as 0600 PKCS#8 PEM files in
+//! `<data-dir>/keys/`, metadata in the [`Store`]), and the JWKS document.
+//!
+//! `kid` = base64url (no padding) of the SHA-256 of the key's SPKI DER.
+//! Must never: log or serve a private key; sign with a retired key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use palisade_api::KeyInfo;
+use sha2::{Digest, Sha256};
+
+use crate::store::{KeyMeta, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot {action} key file {path}: {source}; check the --data-dir permissions")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "key file {path} is not an Ed25519 PKCS#8 PEM key ({detail}); restore it from backup or remove its entry by rotating"
+    )]
+    BadKey { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("key encoding failed: {0}")]
+    Encoding(String),
+}
+
+/// One key: its public half for verification, and its private half for signing.
+pub struct KeyEntry {
+    pub meta: KeyMeta,
+    public: [u8; 32],
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyEntry {
+    fn from_signing(signing: &SigningKey, meta: KeyMeta) -> Result<Self, KeyError> {
+        let pkcs8 = signing
+            .to_pkcs8_der()
+            .map_err(|e| KeyError::Encoding(e.to_string()))?;
+        let public = signing.verifying_key().to_bytes();
+        Ok(Self {
+            meta,
+            public,
+            encoding: EncodingKey::from_ed_der(pkcs8.as_bytes()),
+            // jsonwebtoken's Ed "DER" decoding key is the raw 32-byte public key.
+            decoding: DecodingKey::from_ed_der(&public),
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.meta.kid
+    }
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
+    }
+    pub fn decoding_key(&self) -> &DecodingKey {
+        &self.decoding
+    }
+
+    /// The RFC 8037 JWK of the public key.
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(self.public),
+            "kid": self.meta.kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        })
+    }
+}
+
+/// `kid` of a key: base64url SHA-256 of its SubjectPublicKeyInfo DER.
+pub fn kid_of(signing: &SigningKey) -> Result<String, KeyError> {
+    let spki = signing
+        .verifying_key()
+        .to_public_key_der()
+        .map_err(|e| KeyError::Encoding(e.to_string()))?;
+    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(spki.as_bytes())))
+}
+
+fn generate() -> SigningKey {
+    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
+}
+
+#[derive(Debug)]
+struct Keys {
+    active: Arc<KeyEntry>,
+    by_kid: BTreeMap<String, Arc<KeyEntry>>,
+}
+
+/// The live key set. Cheap to read from every request; rotation swaps it.
+#[derive(Debug)]
+pub struct KeySet {
+    dir: PathBuf,
+    store: Arc<dyn Store>,
+    /// How long a retired key keeps verifying: the longest token lifetime plus leeway.
+    retention_secs: u64,
+    state: RwLock<Arc<Keys>>,
+    rotating: Mutex<()>,
+}
+
+impl KeySet {
+    /// Load every stored key, or create the first one.
+    pub fn load_or_create(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        retention_secs: u64,
+        now: u64,
+    ) -> Result<Self, KeyError> {
+        crate::fsutil::private_dir(dir).map_err(|source| KeyError::Io {
+            action: "create directory for",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let metas = store.list_keys()?;
+        let mut by_kid = BTreeMap::new();
+        for meta in metas {
+            if meta.verify_until.is_some_and(|t| t <= now) {
+                continue; // expired while we were down; pruned below
+            }
+            let path = dir.join(format!("{}.pem", meta.kid));
+            let pem = std::fs::read_to_string(&path).map_err(|source| KeyError::Io {
+                action: "read",
+                path: path.clone(),
+                source,
+            })?;
+            let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::BadKey {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            if kid_of(&signing)? != meta.kid {
+                return Err(KeyError::BadKey {
+                    path,
+                    detail: "its kid does not match its file name".into(),
+                });
+            }
+            by_kid.insert(
+                meta.kid.clone(),
+                Arc::new(KeyEntry::from_signing(&signing, meta)?),
+            );
+        }
+        let active = by_kid
+            .values()
+            .filter(|k| k.meta.retired_at.is_none())
+            .max_by_key(|k| k.meta.created_at)
+            .cloned();
+        let set = match active {
+            Some(active) => Self {
+                dir: dir.to_owned(),
+                store,
+                retention_secs,
+                state: RwLock::new(Arc::new(Keys { active, by_kid })),
+                rotating: Mutex::new(()),
+            },
+            None => {
+                let first = Self::new_key(dir, now)?;
+                by_kid.insert(first.meta.kid.clone(), first.clone());
+                Self {
+                    dir: dir.to_owned(),
+                    store,
+                    retention_secs,
+                    state: RwLock::new(Arc::new(Keys {
+                        active: first,
+                        by_kid,
+                    })),
+                    rotating: Mutex::new(()),
+                }
+            }
+        };
+        set.persist_and_prune(&set.snapshot())?;
+        Ok(set)
+    }
+
+    fn new_key(dir: &Path, now: u64) -> Result<Arc<KeyEntry>, KeyError> {
+        let signing = generate();
+        let kid = kid_of(&signing)?;
+        let pem = signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Encoding(e.to_string()))?;
+        let path = dir.join(format!("{kid}.pem"));
+        crate::fsutil::write_private(&path, pem.as_bytes()).map_err(|source| KeyError::Io {
+            action: "write",
+            path,
+            source,
+        })?;
+        let meta = KeyMeta {
+            kid,
+            created_at: now,
+            retired_at: None,
+            verify_until: None,
+        };
+        Ok(Arc::new(KeyEntry::from_signing(&signing, meta)?))
+    }
+
+    fn snapshot(&self) -> Arc<Keys> {
+        match self.state.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn install(&self, keys: Keys) {
+        let mut g = match self.state.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = Arc::new(keys);
+    }
+
+    /// Write metadata, drop expired keys (metadata and files).
+    fn persist_and_prune(&self, keys: &Keys) -> Result<Vec<String>, KeyError> {
+        let metas: Vec<KeyMeta> = keys.by_kid.values().map(|k| k.meta.clone()).collect();
+        self.store.replace_keys(&metas)?;
+        // Remove files of keys no longer listed.
+        let mut removed = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(kid) = name.strip_suffix(".pem")
+                    && !keys.by_kid.contains_key(kid)
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                    removed.push(kid.to_owned());
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The key that signs new tokens.
+    pub fn active(&self) -> Arc<KeyEntry> {
+        self.snapshot().active.clone()
+    }
+
+    /// A key that may verify tokens (active or retired but not yet expired).
+    pub fn get(&self, kid: &str, now: u64) -> Option<Arc<KeyEntry>> {
+        self.snapshot()
+            .by_kid
+            .get(kid)
+            .filter(|k| k.meta.verify_until.is_none_or(|t| t > now))
+            .cloned()
+    }
+
+    /// Make a new key the signer; the old one verifies for `retention_secs` more.
+    pub fn rotate(&self, now: u64) -> Result<Arc<KeyEntry>, KeyError> {
+        let _guard = match self.rotating.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let current = self.snapshot();
+        let fresh = Self::new_key(&self.dir, now)?;
+        let mut by_kid = BTreeMap::new();
+        for (kid, entry) in &current.by_kid {
+            if entry.meta.verify_until.is_some_and(|t| t <= now) {
+                continue;
+            }
+            let entry = if entry.meta.retired_at.is_none() {
+                let mut meta = entry.meta.clone();
+                meta.retired_at = Some(now);
+                meta.verify_until = Some(now + self.retention_secs);
+                Arc::new(KeyEntry {
+                    meta,
+                    public: entry.public,
+                    encoding: entry.encoding.clone(),
+                    decoding: entry.decoding.clone(),
+                })
+            } else {
+                entry.clone()
+            };
+            by_kid.insert(kid.clone(), entry);
+        }
+        by_kid.insert(fresh.meta.kid.clone(), fresh.clone());
+        let keys = Keys {
+            active: fresh.clone(),
+            by_kid,
+        };
+        self.persist_and_prune(&keys)?;
+        self.install(keys);
+        Ok(fresh)
+    }
+
+    /// Drop retired keys whose verification window has passed.
+    pub fn prune(&self, now: u64) -> Result<(), KeyError> {
+        let _guard = match self.rotating.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let current = self.snapshot();
+        if !current
+            .by_kid
+            .values()
+            .any(|k| k.meta.verify_until.is_some_and(|t| t <= now))
+        {
+            return Ok(());
+        }
+        let by_kid = current
+            .by_kid
+            .iter()
+            .filter(|(_, k)| k.meta.verify_until.is_none_or(|t| t > now))
+            .map(|(kid, k)| (kid.clone(), k.clone()))
+            .collect();
+        let keys = Keys {
+            active: current.active.clone(),
+            by_kid,
+        };
+        self.persist_and_prune(&keys)?;
+        self.install(keys);
+        Ok(())
+    }
+
+    /// Seconds since the active key was created.
+    pub fn active_age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.active().meta.created_at)
+    }
+
+    pub fn infos(&self) -> Vec<KeyInfo> {
+        let keys = self.snapshot();
+        keys.by_kid
+            .values()
+            .map(|k| KeyInfo {
+                kid: k.meta.kid.clone(),
+                active: k.meta.kid == keys.active.meta.kid,
+                created_at: k.meta.created_at,
+                retired_at: k.meta.retired_at,
+                verify_until: k.meta.verify_until,
+            })
+            .collect()
+    }
+
+    /// `/.well-known/jwks.json`: every key that may still verify.
+    pub fn jwks(&self, now: u64) -> serde_json::Value {
+        let keys = self.snapshot();
+        let list: Vec<_> = keys
+            .by_kid
+            .values()
+            .filter(|k| k.meta.verify_until.is_none_or(|t| t > now))
+            .map(|k| k.jwk())
+            .collect();
+        serde_json::json!({ "keys": list })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb_store::RedbStore;
+
+    fn setup() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
+        (dir, store)
+    }
+
+    #[test]
+    fn kid_is_sha256_of_spki_der() {
+        let k = generate();
+        // RFC 8410 SPKI for Ed25519: fixed 12-byte prefix + the 32-byte key.
+        let mut spki = hex::decode("302a300506032b6570032100").unwrap();
+        spki.extend_from_slice(k.verifying_key().as_bytes());
+        assert_eq!(
+            kid_of(&k).unwrap(),
+            URL_SAFE_NO_PAD.encode(Sha256::digest(&spki))
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_old_key_for_verification_then_prunes_it() {
+        let (dir, store) = setup();
+        let keys_dir = dir.path().join("keys");
+        let set = KeySet::load_or_create(&keys_dir, store.clone(), 100, 1000).unwrap();
+        let first = set.active();
+        let second = set.rotate(1010).unwrap();
+        assert_ne!(first.kid(), second.kid());
+        assert_eq!(set.active().kid(), second.kid());
+        assert!(
+            set.get(first.kid(), 1050).is_some(),
+            "old key still verifies"
+        );
+        assert!(set.get(first.kid(), 1110).is_none(), "window over");
+        assert_eq!(set.jwks(1050)["keys"].as_array().unwrap().len(), 2);
+        set.prune(1111).unwrap();
+        assert_eq!(set.infos().len(), 1);
+        assert!(!keys_dir.join(format!("{}.pem", first.kid())).exists());
+        // Files are 0600 and survive a restart with the same active key.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(keys_dir.join(format!("{}.pem", second.kid())))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(set);
+        let again = KeySet::load_or_create(&keys_dir, store, 100, 1200).unwrap();
+        assert_eq!(again.active().kid(), second.kid());
+    }
+
+    #[test]
+    fn restart_keeps_retired_key_until_its_window_ends() {
+        let (dir, store) = setup();
+        let keys_dir = dir.path().join("keys");
+        let set = KeySet::load_or_create(&keys_dir, store.clone(), 100, 1000).unwrap();
+        let first = set.active();
+        set.rotate(1000).unwrap();
+        drop(set);
+        let again = KeySet::load_or_create(&keys_dir, store, 100, 1050).unwrap();
+        assert!(again.get(first.kid(), 1050).is_some());
+        assert_eq!(again.infos().len(), 2);
+    }
+
+    #[test]
+    fn tampered_key_file_is_refused_with_a_clear_error() {
+        let (dir, store) = setup();
+        let keys_dir = dir.path().join("keys");
+        let set = KeySet::load_or_create(&keys_dir, store.clone(), 100, 1000).unwrap();
+        let kid = set.active().kid().to_owned();
+        drop(set);
+        std::fs::write(keys_dir.join(format!("{kid}.pem")), "garbage").unwrap();
+        let err = KeySet::load_or_create(&keys_dir, store, 100, 1000).unwrap_err();
+        assert!(
+            err.to_string().contains("not an Ed25519 PKCS#8 PEM key"),
+            "{err}"
+        );
+    }
+}

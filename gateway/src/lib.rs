@@ -1,0 +1,32 @@
+//! The Palisade gateway: the slim control plane that registers sandboxes,
+//! mints and refreshes their JWTs, and stores and serves their policies.
+//!
+//! Where things live:
+//! * [`server`] — listeners, TLS, connection handling; [`server::stack`] is
+//!   THE middleware stack, top to bottom.
+//! * [`layers`] — one module per cross-cutting concern of that stack.
+//! * [`authn`] — the authentication chain producing a [`principal::Principal`].
+//! * [`routes`] — the route table with each route's grants, and authorization.
+//! * [`handlers`] — the router and the handlers.
+//! * [`keys`], [`tokens`] — the rotating Ed25519 key set and sandbox JWTs.
+//! * [`store`] — persistent state behind the `Store` trait (embedded redb).
+//! * [`metrics`], [`config`] — Prometheus metrics, typed configuration.
+
+#![forbid(unsafe_code)]
+
+pub mod authn;
+pub mod client;
+pub mod config;
+pub mod fsutil;
+pub mod handlers;
+pub mod http;
+pub mod keys;
+pub mod layers;
+pub mod metrics;
+pub mod openapi;
+pub mod principal;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod tokens;

@@ -1,0 +1,250 @@
+//! Who is calling: the [`Principal`] the authentication chain produces, the
+//! [`SandboxId`] newtype and the [`Scope`]s a principal holds.
+//!
+//! Must never: grant a scope implicitly — every scope comes from a role, a
+//! kind of principal, or an explicit operator flag.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A sandbox identifier: `sbx-` and 32 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SandboxId(String);
+
+impl SandboxId {
+    pub const PREFIX: &'static str = "sbx-";
+
+    /// A fresh random identifier.
+    pub fn generate() -> Self {
+        Self(format!("{}{}", Self::PREFIX, uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Parse an identifier from a path segment or a token claim.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix(Self::PREFIX)?;
+        (hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SandboxId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("`{s}` is not a sandbox id (sbx-<32 hex>)"))
+    }
+}
+
+impl From<SandboxId> for String {
+    fn from(id: SandboxId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for SandboxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a route needs beyond the principal's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    SandboxRead,
+    SandboxWrite,
+    PolicyWrite,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [
+        Scope::SandboxRead,
+        Scope::SandboxWrite,
+        Scope::PolicyWrite,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::SandboxRead => "sandbox:read",
+            Scope::SandboxWrite => "sandbox:write",
+            Scope::PolicyWrite => "policy:write",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// A role of a human or platform user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Every scope.
+    Admin,
+    /// Read and write sandboxes and policies.
+    Editor,
+    /// Read sandboxes.
+    Viewer,
+}
+
+impl Role {
+    pub fn grants(self, scope: Scope) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Editor => scope != Scope::Admin,
+            Role::Viewer => scope == Scope::SandboxRead,
+        }
+    }
+}
+
+/// The authenticated caller, placed in request extensions by the
+/// authentication layer. Handlers see this and nothing of headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A sandbox's sidecar holding a sandbox JWT.
+    Sandbox { id: SandboxId, jti: String },
+    /// An operator (static admin token today; OIDC later).
+    User { subject: String, roles: Vec<Role> },
+    /// A platform controller limited to some namespaces (Kubernetes later).
+    Platform {
+        subject: String,
+        namespaces: Vec<String>,
+    },
+    /// A one-time bootstrap token, good only for `POST /v1/token:issue`.
+    Bootstrap {
+        sandbox_id: SandboxId,
+        /// SHA-256 (hex) of the token, its key in the store.
+        token_hash: String,
+    },
+    /// No credential. Holds scopes only with `--insecure-allow-anonymous`.
+    Anonymous { insecure_allowed: bool },
+}
+
+/// The kind of a principal, without its data (route declarations, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrincipalKind {
+    Sandbox,
+    User,
+    Platform,
+    Bootstrap,
+    Anonymous,
+}
+
+impl PrincipalKind {
+    pub const ALL: [PrincipalKind; 5] = [
+        PrincipalKind::Sandbox,
+        PrincipalKind::User,
+        PrincipalKind::Platform,
+        PrincipalKind::Bootstrap,
+        PrincipalKind::Anonymous,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::Sandbox => "sandbox",
+            PrincipalKind::User => "user",
+            PrincipalKind::Platform => "platform",
+            PrincipalKind::Bootstrap => "bootstrap",
+            PrincipalKind::Anonymous => "anonymous",
+        }
+    }
+}
+
+impl Principal {
+    pub fn kind(&self) -> PrincipalKind {
+        match self {
+            Principal::Sandbox { .. } => PrincipalKind::Sandbox,
+            Principal::User { .. } => PrincipalKind::User,
+            Principal::Platform { .. } => PrincipalKind::Platform,
+            Principal::Bootstrap { .. } => PrincipalKind::Bootstrap,
+            Principal::Anonymous { .. } => PrincipalKind::Anonymous,
+        }
+    }
+
+    /// Whether this principal holds `scope`. Sandbox and bootstrap principals
+    /// hold no operator scopes: their routes declare no scope and are pinned
+    /// to their own sandbox instead.
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        match self {
+            Principal::User { roles, .. } => roles.iter().any(|r| r.grants(scope)),
+            // A platform controller manages sandboxes and policies in its
+            // namespaces; it never administers the gateway.
+            Principal::Platform { .. } => scope != Scope::Admin,
+            // Explicitly opted into by the operator; never `admin`.
+            Principal::Anonymous { insecure_allowed } => *insecure_allowed && scope != Scope::Admin,
+            Principal::Sandbox { .. } | Principal::Bootstrap { .. } => false,
+        }
+    }
+
+    /// A name for logs and the `owner` field: never a credential.
+    pub fn subject(&self) -> String {
+        match self {
+            Principal::Sandbox { id, .. } => format!("sandbox:{id}"),
+            Principal::User { subject, .. } => format!("user:{subject}"),
+            Principal::Platform { subject, .. } => format!("platform:{subject}"),
+            Principal::Bootstrap { sandbox_id, .. } => format!("bootstrap:{sandbox_id}"),
+            Principal::Anonymous { .. } => "anonymous".to_owned(),
+        }
+    }
+
+    /// Whether this principal may see a sandbox in `namespace` (platform
+    /// principals are limited to theirs; sandbox principals to their own id,
+    /// checked by the route table).
+    pub fn sees_namespace(&self, namespace: Option<&str>) -> bool {
+        match self {
+            Principal::Platform { namespaces, .. } => {
+                namespace.is_some_and(|ns| namespaces.iter().any(|n| n == ns))
+            }
+            _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_id_round_trip_and_rejects_garbage() {
+        let id = SandboxId::generate();
+        assert_eq!(SandboxId::parse(id.as_str()), Some(id.clone()));
+        for bad in [
+            "",
+            "sbx-",
+            "sbx-XYZ",
+            "abc",
+            "sbx-../../etc/passwd",
+            &format!("{id}0"),
+        ] {
+            assert_eq!(SandboxId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_grant_what_they_say() {
+        assert!(Role::Admin.grants(Scope::Admin));
+        assert!(!Role::Editor.grants(Scope::Admin));
+        assert!(Role::Editor.grants(Scope::PolicyWrite));
+        assert!(Role::Viewer.grants(Scope::SandboxRead));
+        assert!(!Role::Viewer.grants(Scope::SandboxWrite));
+    }
+
+    #[test]
+    fn anonymous_holds_nothing_unless_allowed_and_never_admin() {
+        let closed = Principal::Anonymous {
+            insecure_allowed: false,
+        };
+        let open = Principal::Anonymous {
+            insecure_allowed: true,
+        };
+        for s in Scope::ALL {
+            assert!(!closed.has_scope(s));
+        }
+        assert!(open.has_scope(Scope::SandboxWrite));
+        assert!(!open.has_scope(Scope::Admin));
+    }
+}

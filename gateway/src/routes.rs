@@ -1,0 +1,435 @@
+//! THE route table: every route, its method and path, and who may call it.
+//! Authorization ([`authorize`]) reads nothing but this table and the
+//! principal; the router dispatches on the [`RouteId`] matched here.
+//!
+//! Must never: contain a route without an explicit access declaration.
+
+use http::Method;
+
+use crate::http::ApiError;
+use crate::principal::{Principal, Scope};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteId {
+    Jwks,
+    OpenIdConfiguration,
+    OpenApi,
+    SandboxCreate,
+    SandboxList,
+    SandboxGet,
+    SandboxDelete,
+    SandboxPolicyGet,
+    SandboxEvents,
+    WorkloadTokens,
+    PolicyPut,
+    PolicyGet,
+    TokenIssue,
+    TokenRefresh,
+    KeysList,
+    KeysRotate,
+}
+
+impl RouteId {
+    /// Metrics label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteId::Jwks => "jwks",
+            RouteId::OpenIdConfiguration => "openid_configuration",
+            RouteId::OpenApi => "openapi",
+            RouteId::SandboxCreate => "sandbox_create",
+            RouteId::SandboxList => "sandbox_list",
+            RouteId::SandboxGet => "sandbox_get",
+            RouteId::SandboxDelete => "sandbox_delete",
+            RouteId::SandboxPolicyGet => "sandbox_policy_get",
+            RouteId::SandboxEvents => "sandbox_events",
+            RouteId::WorkloadTokens => "workload_tokens",
+            RouteId::PolicyPut => "policy_put",
+            RouteId::PolicyGet => "policy_get",
+            RouteId::TokenIssue => "token_issue",
+            RouteId::TokenRefresh => "token_refresh",
+            RouteId::KeysList => "keys_list",
+            RouteId::KeysRotate => "keys_rotate",
+        }
+    }
+}
+
+/// One way to be allowed onto a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Anyone, with or without a credential (public documents).
+    Public,
+    /// An operator principal (user, platform, or anonymous under
+    /// `--insecure-allow-anonymous`) holding this scope.
+    Scope(Scope),
+    /// A sandbox principal whose id equals the route's `{id}`.
+    OwnSandbox,
+    /// Any sandbox principal (routes with no `{id}`; the handler acts on the
+    /// caller's own sandbox).
+    SandboxSelf,
+    /// A one-time bootstrap token.
+    Bootstrap,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub id: RouteId,
+    pub method: Method,
+    /// Path template; `{id}` is a sandbox id, `{name}` a policy name.
+    pub path: &'static str,
+    pub grants: &'static [Grant],
+}
+
+/// Every route of the API.
+pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::Jwks,
+        method: Method::GET,
+        path: "/.well-known/jwks.json",
+        grants: &[Grant::Public],
+    },
+    Route {
+        id: RouteId::OpenIdConfiguration,
+        method: Method::GET,
+        path: "/.well-known/openid-configuration",
+        grants: &[Grant::Public],
+    },
+    Route {
+        id: RouteId::OpenApi,
+        method: Method::GET,
+        path: "/openapi.json",
+        grants: &[Grant::Public],
+    },
+    Route {
+        id: RouteId::SandboxCreate,
+        method: Method::POST,
+        path: "/v1/sandboxes",
+        grants: &[Grant::Scope(Scope::SandboxWrite)],
+    },
+    Route {
+        id: RouteId::SandboxList,
+        method: Method::GET,
+        path: "/v1/sandboxes",
+        grants: &[Grant::Scope(Scope::SandboxRead)],
+    },
+    Route {
+        id: RouteId::SandboxGet,
+        method: Method::GET,
+        path: "/v1/sandboxes/{id}",
+        grants: &[Grant::Scope(Scope::SandboxRead), Grant::OwnSandbox],
+    },
+    Route {
+        id: RouteId::SandboxDelete,
+        method: Method::DELETE,
+        path: "/v1/sandboxes/{id}",
+        grants: &[Grant::Scope(Scope::SandboxWrite)],
+    },
+    Route {
+        id: RouteId::SandboxPolicyGet,
+        method: Method::GET,
+        path: "/v1/sandboxes/{id}/policy",
+        grants: &[Grant::Scope(Scope::SandboxRead), Grant::OwnSandbox],
+    },
+    Route {
+        id: RouteId::SandboxEvents,
+        method: Method::POST,
+        path: "/v1/sandboxes/{id}/events",
+        grants: &[Grant::OwnSandbox],
+    },
+    Route {
+        id: RouteId::WorkloadTokens,
+        method: Method::POST,
+        path: "/v1/sandboxes/{id}/workload-tokens",
+        grants: &[Grant::OwnSandbox],
+    },
+    Route {
+        id: RouteId::PolicyPut,
+        method: Method::PUT,
+        path: "/v1/policies/{name}",
+        grants: &[Grant::Scope(Scope::PolicyWrite)],
+    },
+    Route {
+        id: RouteId::PolicyGet,
+        method: Method::GET,
+        path: "/v1/policies/{name}",
+        grants: &[Grant::Scope(Scope::SandboxRead)],
+    },
+    Route {
+        id: RouteId::TokenIssue,
+        method: Method::POST,
+        path: "/v1/token:issue",
+        grants: &[Grant::Bootstrap],
+    },
+    Route {
+        id: RouteId::TokenRefresh,
+        method: Method::POST,
+        path: "/v1/token:refresh",
+        grants: &[Grant::SandboxSelf],
+    },
+    Route {
+        id: RouteId::KeysList,
+        method: Method::GET,
+        path: "/v1/keys",
+        grants: &[Grant::Scope(Scope::Admin)],
+    },
+    Route {
+        id: RouteId::KeysRotate,
+        method: Method::POST,
+        path: "/v1/keys:rotate",
+        grants: &[Grant::Scope(Scope::Admin)],
+    },
+];
+
+/// Path parameters of a matched route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A request matched against the table (placed in request extensions).
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub route: &'static Route,
+    pub params: Params,
+}
+
+/// Longest path we try to match; longer is a 404 without work.
+const MAX_PATH_LEN: usize = 512;
+
+/// Match a method and path. `Err` is the answer to give (404 or 405).
+pub fn match_route(method: &Method, path: &str) -> Result<Matched, ApiError> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(ApiError::not_found("no such route"));
+    }
+    let mut path_matched = false;
+    for route in ROUTES {
+        if let Some(params) = match_path(route.path, path) {
+            path_matched = true;
+            if route.method == *method {
+                return Ok(Matched { route, params });
+            }
+        }
+    }
+    if path_matched {
+        Err(ApiError::new(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not supported on this path"),
+        ))
+    } else {
+        Err(ApiError::not_found("no such route"))
+    }
+}
+
+fn match_path(template: &str, path: &str) -> Option<Params> {
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    let mut params = Params::default();
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(params),
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => params.id = Some(seg.to_owned()),
+            (Some("{name}"), Some(seg)) if !seg.is_empty() => params.name = Some(seg.to_owned()),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Whether `principal` may call the matched route. The refusal is chosen so
+/// that a sandbox cannot tell a foreign sandbox from a missing one (both 404),
+/// and a caller without a credential is told to authenticate (401).
+pub fn authorize(matched: &Matched, principal: &Principal) -> Result<(), ApiError> {
+    let allowed = matched
+        .route
+        .grants
+        .iter()
+        .any(|grant| match (grant, principal) {
+            (Grant::Public, _) => true,
+            (
+                Grant::Scope(scope),
+                Principal::User { .. } | Principal::Platform { .. } | Principal::Anonymous { .. },
+            ) => principal.has_scope(*scope),
+            (Grant::OwnSandbox, Principal::Sandbox { id, .. }) => {
+                matched.params.id.as_deref() == Some(id.as_str())
+            }
+            (Grant::SandboxSelf, Principal::Sandbox { .. }) => true,
+            (Grant::Bootstrap, Principal::Bootstrap { .. }) => true,
+            _ => false,
+        });
+    if allowed {
+        return Ok(());
+    }
+    match principal {
+        Principal::Anonymous { .. } => Err(ApiError::unauthenticated(
+            "this route needs a credential: send `Authorization: Bearer <token>`",
+        )),
+        Principal::Sandbox { .. } if matched.route.grants.contains(&Grant::OwnSandbox) => {
+            Err(ApiError::sandbox_not_found())
+        }
+        Principal::Bootstrap { .. } => Err(ApiError::forbidden(
+            "a bootstrap token is good only for POST /v1/token:issue",
+        )),
+        _ => Err(ApiError::forbidden(format!(
+            "{} may not call {} {}",
+            principal.kind().as_str(),
+            matched.route.method,
+            matched.route.path
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::{PrincipalKind, Role, SandboxId};
+
+    /// Independent statement of who may call what; a new RouteId does not
+    /// compile until it is listed here.
+    fn expected(id: RouteId, p: &Principal, own: bool) -> bool {
+        use PrincipalKind as K;
+        let kind = p.kind();
+        let op = |scope: Scope| {
+            matches!(kind, K::User | K::Platform | K::Anonymous) && p.has_scope(scope)
+        };
+        match id {
+            RouteId::Jwks | RouteId::OpenIdConfiguration | RouteId::OpenApi => true,
+            RouteId::SandboxCreate | RouteId::SandboxDelete => op(Scope::SandboxWrite),
+            RouteId::SandboxList | RouteId::PolicyGet => op(Scope::SandboxRead),
+            RouteId::SandboxGet | RouteId::SandboxPolicyGet => {
+                op(Scope::SandboxRead) || (kind == K::Sandbox && own)
+            }
+            RouteId::PolicyPut => op(Scope::PolicyWrite),
+            RouteId::SandboxEvents | RouteId::WorkloadTokens => kind == K::Sandbox && own,
+            RouteId::TokenIssue => kind == K::Bootstrap,
+            RouteId::TokenRefresh => kind == K::Sandbox,
+            RouteId::KeysList | RouteId::KeysRotate => op(Scope::Admin),
+        }
+    }
+
+    fn principals(own: &SandboxId) -> Vec<Principal> {
+        let mut v = vec![
+            Principal::Sandbox {
+                id: own.clone(),
+                jti: "j".into(),
+            },
+            Principal::Platform {
+                subject: "ctl".into(),
+                namespaces: vec!["ns".into()],
+            },
+            Principal::Bootstrap {
+                sandbox_id: own.clone(),
+                token_hash: "h".into(),
+            },
+            Principal::Anonymous {
+                insecure_allowed: false,
+            },
+            Principal::Anonymous {
+                insecure_allowed: true,
+            },
+        ];
+        for roles in [
+            vec![],
+            vec![Role::Viewer],
+            vec![Role::Editor],
+            vec![Role::Admin],
+        ] {
+            v.push(Principal::User {
+                subject: "u".into(),
+                roles,
+            });
+        }
+        // Every kind is represented.
+        for k in PrincipalKind::ALL {
+            assert!(v.iter().any(|p| p.kind() == k), "{k:?} missing");
+        }
+        v
+    }
+
+    fn concrete(path: &str, id: &str) -> String {
+        path.replace("{id}", id).replace("{name}", "web")
+    }
+
+    #[test]
+    fn every_route_is_declared_once_and_matches_itself() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(!r.grants.is_empty(), "{:?} has no grants", r.id);
+            assert!(seen.insert(r.id), "{:?} declared twice", r.id);
+            let m = match_route(&r.method, &concrete(r.path, "sbx-x")).unwrap();
+            assert_eq!(m.route.id, r.id);
+        }
+        assert_eq!(seen.len(), 16, "a RouteId is missing from ROUTES");
+    }
+
+    #[test]
+    fn table_times_every_principal_matches_expectation() {
+        let own = SandboxId::generate();
+        let other = SandboxId::generate();
+        for r in ROUTES {
+            for target in [&own, &other] {
+                let m = match_route(&r.method, &concrete(r.path, target.as_str())).unwrap();
+                for p in principals(&own) {
+                    let is_own = r.path.contains("{id}") && target == &own;
+                    let want = expected(r.id, &p, is_own);
+                    let got = authorize(&m, &p);
+                    assert_eq!(
+                        got.is_ok(),
+                        want,
+                        "{:?} {:?} on {}: {got:?}",
+                        r.id,
+                        p,
+                        target
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn foreign_and_missing_sandbox_answer_identically() {
+        let own = SandboxId::generate();
+        let p = Principal::Sandbox {
+            id: own,
+            jti: "j".into(),
+        };
+        let foreign = match_route(
+            &Method::GET,
+            &format!("/v1/sandboxes/{}", SandboxId::generate()),
+        )
+        .unwrap();
+        let missing = match_route(
+            &Method::GET,
+            "/v1/sandboxes/sbx-00000000000000000000000000000000",
+        )
+        .unwrap();
+        let garbage = match_route(&Method::GET, "/v1/sandboxes/nope").unwrap();
+        let a = authorize(&foreign, &p).unwrap_err();
+        assert_eq!(a, authorize(&missing, &p).unwrap_err());
+        assert_eq!(a, authorize(&garbage, &p).unwrap_err());
+        assert_eq!(a, ApiError::sandbox_not_found());
+    }
+
+    #[test]
+    fn unknown_paths_and_methods() {
+        assert_eq!(match_route(&Method::GET, "/v2/x").unwrap_err().status, 404);
+        assert_eq!(
+            match_route(&Method::GET, "/v1/sandboxes/")
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(
+            match_route(&Method::PATCH, "/v1/sandboxes")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            match_route(&Method::GET, "/v1/sandboxes/a/b/c")
+                .unwrap_err()
+                .status,
+            404
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Everything a request may need, built once at start-up and shared.
+
+use std::sync::Arc;
+
+use crate::authn::admin_token::AdminToken;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tokens::TokenService;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub tokens: TokenService,
+    pub metrics: Metrics,
+    pub admin_token: Option<AdminToken>,
+    /// The latest policy revision written; long-polls wait on it.
+    pub policy_revision: tokio::sync::watch::Sender<u64>,
+}

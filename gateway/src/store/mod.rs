@@ -1,0 +1,120 @@
+//! Persistent state behind the [`Store`] trait: sandboxes, policies with
+//! store-wide revisions, one-time bootstrap tokens, key metadata.
+//!
+//! The embedded implementation ([`redb_store::RedbStore`]) is the default; the
+//! Kubernetes issue adds one backed by custom resources.
+//! Must never: store a bootstrap token itself (only its SHA-256), or a private key
+//! (those live in 0600 files beside the database, see [`crate::keys`]).
+
+pub mod redb_store;
+
+use palisade_api::{Sandbox, StoredPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::principal::SandboxId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store error: {0}; check that the data dir is writable and not full")]
+    Backend(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A one-time bootstrap token, keyed by the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapRecord {
+    pub sandbox_id: SandboxId,
+    pub expires_at: u64,
+}
+
+/// Metadata of one signing key; the private key is a file named after `kid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMeta {
+    pub kid: String,
+    pub created_at: u64,
+    /// `None` while it is the active signer.
+    pub retired_at: Option<u64>,
+    /// After this it is removed; `None` while active.
+    pub verify_until: Option<u64>,
+}
+
+/// A condition on the current version of a policy (HTTP `If-Match` /
+/// `If-None-Match: *`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// The current ETag must be this one.
+    IfMatch(String),
+    /// The policy must not exist yet.
+    IfNoneMatchAny,
+}
+
+impl Precondition {
+    pub fn holds(&self, current: Option<&str>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::IfMatch(etag) => current == Some(etag.as_str()),
+            Precondition::IfNoneMatchAny => current.is_none(),
+        }
+    }
+}
+
+/// What a bootstrap-token lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapLookup {
+    Valid(BootstrapRecord),
+    Expired,
+    Unknown,
+}
+
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Create a sandbox and its bootstrap token in one transaction.
+    fn create_sandbox(
+        &self,
+        sandbox: &Sandbox,
+        bootstrap_hash: &str,
+        bootstrap: &BootstrapRecord,
+    ) -> Result<(), StoreError>;
+    fn get_sandbox(&self, id: &SandboxId) -> Result<Option<Sandbox>, StoreError>;
+    fn list_sandboxes(&self) -> Result<Vec<Sandbox>, StoreError>;
+    /// Delete a sandbox and every bootstrap token of it; false if it did not exist.
+    fn delete_sandbox(&self, id: &SandboxId) -> Result<bool, StoreError>;
+
+    /// Store a (validated) policy document under a new store-wide revision.
+    fn put_policy(&self, name: &str, document: &str, now: u64) -> Result<StoredPolicy, StoreError> {
+        match self.put_policy_if(name, document, now, &Precondition::None)? {
+            Ok(stored) => Ok(stored),
+            Err(_) => Err(StoreError::Backend("unconditional write refused".into())),
+        }
+    }
+    /// Like `put_policy`, but only if `precondition` holds, checked in the
+    /// same transaction; `Ok(Err(current_etag))` when it does not.
+    fn put_policy_if(
+        &self,
+        name: &str,
+        document: &str,
+        now: u64,
+        precondition: &Precondition,
+    ) -> Result<Result<StoredPolicy, Option<String>>, StoreError>;
+    fn get_policy(&self, name: &str) -> Result<Option<StoredPolicy>, StoreError>;
+
+    fn lookup_bootstrap(&self, hash: &str, now: u64) -> Result<BootstrapLookup, StoreError>;
+    /// Atomically remove a valid bootstrap token and return its sandbox;
+    /// `None` if it was unknown, expired or already used.
+    fn consume_bootstrap(&self, hash: &str, now: u64) -> Result<Option<SandboxId>, StoreError>;
+
+    /// Remove expired bootstrap tokens; returns how many.
+    fn prune_bootstrap(&self, now: u64) -> Result<usize, StoreError>;
+
+    fn list_keys(&self) -> Result<Vec<KeyMeta>, StoreError>;
+    /// Replace the whole key metadata set in one transaction.
+    fn replace_keys(&self, keys: &[KeyMeta]) -> Result<(), StoreError>;
+}
+
+/// `"r<revision>-<first 16 hex of sha256(document)>"`, quoted as an HTTP ETag.
+pub fn etag(revision: u64, document: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(document.as_bytes()));
+    format!("\"r{revision}-{}\"", &digest[..16])
+}

@@ -1,0 +1,174 @@
+//! In-process gateway for tests: real listeners on 127.0.0.1:0, real hyper
+//! client over loopback, real keys and store in a temp dir.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::Method;
+use palisade_gateway::client::{Answer, GatewayClient};
+use palisade_gateway::config::{Config, ServeArgs};
+use palisade_gateway::server::{Running, start};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+#[derive(Debug, Parser)]
+struct T {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+pub fn write_admin_token(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("admin-token");
+    std::fs::write(&p, format!("{ADMIN_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+pub fn config(data: &Path, extra: &[&str]) -> Config {
+    let token = write_admin_token(data);
+    let data_dir = data.join("data");
+    let mut argv = vec![
+        "t".to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--admin-token-file".into(),
+        token.display().to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    if !extra.contains(&"--tls-cert") {
+        argv.push("--insecure-plaintext".into());
+    }
+    Config::resolve(&T::try_parse_from(argv).unwrap().args).unwrap()
+}
+
+pub struct Gw {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gw {
+    pub async fn start(extra: &[&str]) -> Gw {
+        let dir = tempfile::tempdir().unwrap();
+        let running = start(config(dir.path(), extra)).await.unwrap();
+        Gw { running, dir }
+    }
+
+    pub fn client(&self, token: Option<&str>) -> GatewayClient {
+        GatewayClient::new(
+            &format!("http://{}", self.running.api_addr),
+            token.map(str::to_owned),
+            None,
+        )
+        .unwrap()
+    }
+
+    pub fn admin(&self) -> GatewayClient {
+        self.client(Some(ADMIN_TOKEN))
+    }
+
+    pub async fn metrics(&self) -> String {
+        let c =
+            GatewayClient::new(&format!("http://{}", self.running.admin_addr), None, None).unwrap();
+        let a = c
+            .send(Method::GET, "/metrics", None, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+        String::from_utf8(a.body.to_vec()).unwrap()
+    }
+
+    /// Create a sandbox; returns (id, bootstrap token).
+    pub async fn create_sandbox(&self, policy: Option<&str>) -> (String, String) {
+        let mut spec = serde_json::json!({ "name": "demo" });
+        if let Some(p) = policy {
+            spec["policy"] = p.into();
+        }
+        let a = post_json(&self.admin(), "/v1/sandboxes", &spec).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        let v = a.json().unwrap();
+        (
+            v["sandbox"]["id"].as_str().unwrap().to_owned(),
+            v["bootstrapToken"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Create a sandbox and exchange its bootstrap token; returns (id, jwt).
+    pub async fn sandbox_with_token(&self, policy: Option<&str>) -> (String, String) {
+        let (id, bootstrap) = self.create_sandbox(policy).await;
+        let a = post(&self.client(Some(&bootstrap)), "/v1/token:issue").await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        (id, a.json().unwrap()["token"].as_str().unwrap().to_owned())
+    }
+}
+
+pub async fn get(c: &GatewayClient, path: &str) -> Answer {
+    c.send(Method::GET, path, None, Bytes::new()).await.unwrap()
+}
+
+pub async fn post(c: &GatewayClient, path: &str) -> Answer {
+    c.send(Method::POST, path, None, Bytes::new())
+        .await
+        .unwrap()
+}
+
+pub async fn post_json(c: &GatewayClient, path: &str, v: &serde_json::Value) -> Answer {
+    c.send(
+        Method::POST,
+        path,
+        Some("application/json"),
+        Bytes::from(serde_json::to_vec(v).unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
+pub async fn put(c: &GatewayClient, path: &str, body: &str) -> Answer {
+    c.send(
+        Method::PUT,
+        path,
+        Some("application/yaml"),
+        Bytes::from(body.to_owned()),
+    )
+    .await
+    .unwrap()
+}
+
+pub async fn delete(c: &GatewayClient, path: &str) -> Answer {
+    c.send(Method::DELETE, path, None, Bytes::new())
+        .await
+        .unwrap()
+}
+
+/// Assert a JSON ErrorBody with this status and code.
+pub fn assert_error(a: &Answer, status: u16, code: &str) -> palisade_api::ErrorBody {
+    assert_eq!(
+        a.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(
+        a.headers.get("content-type").unwrap(),
+        "application/json",
+        "error bodies are JSON"
+    );
+    let body: palisade_api::ErrorBody = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(body.error, code, "{body:?}");
+    body
+}
+
+/// The value of one sample line in a Prometheus scrape (exact label match).
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}

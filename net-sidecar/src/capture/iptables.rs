@@ -1,0 +1,520 @@
+//! iptables-restore rule text: pure functions from [`CaptureConfig`] (and the parsed current
+//! state of our own chains) to the exact text fed to `iptables-restore --noflush`.
+//!
+//! We only ever touch our own chains (`PALISADE_OUTPUT` in nat, `PALISADE_FENCE` in filter)
+//! and the single jump to each from `OUTPUT`. Every rule carries a `palisade: …` comment.
+
+use std::fmt::Write as _;
+
+use super::config::CaptureConfig;
+use super::rules::{Family, comment};
+
+/// Our chain in the nat table.
+pub const NAT_CHAIN: &str = "PALISADE_OUTPUT";
+/// Our chain in the filter table.
+pub const FENCE_CHAIN: &str = "PALISADE_FENCE";
+/// Comment on the OUTPUT → PALISADE_OUTPUT jump.
+pub const NAT_JUMP_COMMENT: &str = "palisade: capture";
+/// Comment on the OUTPUT → PALISADE_FENCE jump.
+pub const FENCE_JUMP_COMMENT: &str = "palisade: fence";
+
+/// What of ours already exists in one family's ruleset (parsed from `iptables-save`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Existing {
+    /// `PALISADE_OUTPUT` exists in nat.
+    pub nat_chain: bool,
+    /// Rules in nat `OUTPUT` jumping to `PALISADE_OUTPUT`, verbatim `-A …` lines.
+    pub nat_jumps: Vec<String>,
+    /// `PALISADE_FENCE` exists in filter.
+    pub fence_chain: bool,
+    /// Rules in filter `OUTPUT` jumping to `PALISADE_FENCE`, verbatim `-A …` lines.
+    pub fence_jumps: Vec<String>,
+    /// Number of rules (`-A` lines) in the dump that are not ours.
+    pub foreign_rules: usize,
+}
+
+impl Existing {
+    /// True when any of our chains or jumps is present.
+    pub fn any_ours(&self) -> bool {
+        self.nat_chain
+            || self.fence_chain
+            || !self.nat_jumps.is_empty()
+            || !self.fence_jumps.is_empty()
+    }
+}
+
+/// Parse `iptables-save` output (all tables) into what of ours is present.
+pub fn parse_save(save: &str) -> Existing {
+    let mut ex = Existing::default();
+    let mut table = "";
+    for line in save.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix('*') {
+            table = match t {
+                "nat" => "nat",
+                "filter" => "filter",
+                _ => "other",
+            };
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or_default();
+            match (table, name) {
+                ("nat", NAT_CHAIN) => ex.nat_chain = true,
+                ("filter", FENCE_CHAIN) => ex.fence_chain = true,
+                _ => {}
+            }
+        } else if line.starts_with("-A ") {
+            let jumps_to = |chain: &str| {
+                line.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain)
+            };
+            let in_ours = line.starts_with(&format!("-A {NAT_CHAIN} "))
+                || line.starts_with(&format!("-A {FENCE_CHAIN} "));
+            if table == "nat" && line.starts_with("-A OUTPUT ") && jumps_to(NAT_CHAIN) {
+                ex.nat_jumps.push(line.to_string());
+            } else if table == "filter" && line.starts_with("-A OUTPUT ") && jumps_to(FENCE_CHAIN) {
+                ex.fence_jumps.push(line.to_string());
+            } else if !in_ours {
+                ex.foreign_rules += 1;
+            }
+        }
+    }
+    ex
+}
+
+fn push_rule(out: &mut String, chain: &str, matches: &str, what: &str, target: &str) {
+    let sep = if matches.is_empty() { "" } else { " " };
+    let _ = writeln!(
+        out,
+        "-A {chain}{sep}{matches} -m comment --comment \"{}\" -j {target}",
+        comment(what)
+    );
+}
+
+/// The `iptables-restore --noflush` text that installs (or refreshes) capture and fence for
+/// one family. `nat` = false installs only the fence (no nat table for this family: TCP then
+/// gets a reset instead of a redirect). Existing jumps are deleted and one is re-inserted at
+/// the top of `OUTPUT`, so re-running yields the identical ruleset.
+pub fn init_script(cfg: &CaptureConfig, family: Family, nat: bool, existing: &Existing) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# palisade capture + fence ({}), applied with {}-restore --noflush",
+        family.label(),
+        family.iptables()
+    );
+    if nat {
+        out.push_str("*nat\n");
+        let _ = writeln!(out, ":{NAT_CHAIN} - [0:0]");
+        let _ = writeln!(out, "-F {NAT_CHAIN}");
+        nat_rules(&mut out, cfg, family);
+        for jump in &existing.nat_jumps {
+            let _ = writeln!(out, "-D {}", &jump[3..]);
+        }
+        let _ = writeln!(
+            out,
+            "-I OUTPUT 1 -m comment --comment \"{NAT_JUMP_COMMENT}\" -j {NAT_CHAIN}"
+        );
+        out.push_str("COMMIT\n");
+    }
+    out.push_str("*filter\n");
+    let _ = writeln!(out, ":{FENCE_CHAIN} - [0:0]");
+    let _ = writeln!(out, "-F {FENCE_CHAIN}");
+    fence_rules(&mut out, cfg, family);
+    for jump in &existing.fence_jumps {
+        let _ = writeln!(out, "-D {}", &jump[3..]);
+    }
+    let _ = writeln!(
+        out,
+        "-I OUTPUT 1 -m comment --comment \"{FENCE_JUMP_COMMENT}\" -j {FENCE_CHAIN}"
+    );
+    out.push_str("COMMIT\n");
+    out
+}
+
+fn owner_returns(out: &mut String, chain: &str, cfg: &CaptureConfig, verb: &str) {
+    push_rule(
+        out,
+        chain,
+        &format!("-m owner --uid-owner {}", cfg.sidecar_uid),
+        &format!("sidecar uid is not {verb}"),
+        "RETURN",
+    );
+    push_rule(
+        out,
+        chain,
+        &format!("-m owner --gid-owner {}", cfg.sidecar_gid),
+        &format!("sidecar gid is not {verb}"),
+        "RETURN",
+    );
+}
+
+fn excluded_cidrs(cfg: &CaptureConfig, family: Family) -> Vec<String> {
+    match family {
+        Family::V4 => cfg.exclude_v4.iter().map(|n| n.to_string()).collect(),
+        Family::V6 => cfg.exclude_v6.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+fn nat_rules(out: &mut String, cfg: &CaptureConfig, family: Family) {
+    let c = NAT_CHAIN;
+    owner_returns(out, c, cfg, "captured");
+    for net in excluded_cidrs(cfg, family) {
+        push_rule(
+            out,
+            c,
+            &format!("-d {net}"),
+            "excluded cidr is not captured",
+            "RETURN",
+        );
+    }
+    for port in &cfg.exclude_ports {
+        for proto in ["tcp", "udp"] {
+            push_rule(
+                out,
+                c,
+                &format!("-p {proto} --dport {port}"),
+                "excluded port is not captured",
+                "RETURN",
+            );
+        }
+    }
+    // DNS before the loopback exemption: a stub resolver on 127.0.0.53 is captured too.
+    for proto in ["udp", "tcp"] {
+        push_rule(
+            out,
+            c,
+            &format!("-p {proto} --dport 53"),
+            &format!("dns ({proto}) to policy dns"),
+            &format!("REDIRECT --to-ports {}", cfg.dns_port),
+        );
+    }
+    push_rule(out, c, "-o lo", "loopback is not captured", "RETURN");
+    push_rule(
+        out,
+        c,
+        "-p tcp",
+        "tcp to transparent egress",
+        &format!("REDIRECT --to-ports {}", cfg.outbound_port),
+    );
+}
+
+fn fence_rules(out: &mut String, cfg: &CaptureConfig, family: Family) {
+    let c = FENCE_CHAIN;
+    owner_returns(out, c, cfg, "fenced");
+    push_rule(
+        out,
+        c,
+        "-m conntrack --ctstate RELATED,ESTABLISHED",
+        "return traffic of allowed flows",
+        "RETURN",
+    );
+    // After REDIRECT the destination is the loopback address (the hook's out interface is
+    // still the original route's, so match the address, not `-o lo`).
+    for (proto, port, what) in [
+        (
+            "tcp",
+            cfg.outbound_port,
+            "redirected tcp to transparent egress",
+        ),
+        ("udp", cfg.dns_port, "redirected dns (udp) to policy dns"),
+        ("tcp", cfg.dns_port, "redirected dns (tcp) to policy dns"),
+    ] {
+        push_rule(
+            out,
+            c,
+            &format!(
+                "-d {} -p {proto} --dport {port} -m conntrack --ctstate DNAT",
+                family.loopback()
+            ),
+            what,
+            "RETURN",
+        );
+    }
+    for net in excluded_cidrs(cfg, family) {
+        push_rule(
+            out,
+            c,
+            &format!("-d {net}"),
+            "excluded cidr is allowed",
+            "RETURN",
+        );
+    }
+    for port in &cfg.exclude_ports {
+        for proto in ["tcp", "udp"] {
+            push_rule(
+                out,
+                c,
+                &format!("-p {proto} --dport {port}"),
+                "excluded port is allowed",
+                "RETURN",
+            );
+        }
+    }
+    if let Some(port) = cfg.explicit_proxy_port {
+        push_rule(
+            out,
+            c,
+            &format!("-o lo -p tcp --dport {port}"),
+            "agent may use the explicit proxy",
+            "RETURN",
+        );
+    }
+    let range = format!("{}:{}", cfg.sidecar_ports.start, cfg.sidecar_ports.end);
+    push_rule(
+        out,
+        c,
+        &format!("-o lo -p tcp --dport {range}"),
+        "sidecar ports are not for the agent",
+        "REJECT --reject-with tcp-reset",
+    );
+    push_rule(
+        out,
+        c,
+        &format!("-o lo -p udp --dport {range}"),
+        "sidecar ports are not for the agent",
+        &format!("REJECT --reject-with {}", family.port_unreachable()),
+    );
+    push_rule(out, c, "-o lo", "loopback stays open", "RETURN");
+    if family == Family::V6 {
+        // Neighbour discovery (hop limit 255, link-local by construction) and MLD reports
+        // (hop limit 1) keep the pod's own IPv6 links working; echo requests stay rejected.
+        for t in [133, 134, 135, 136, 137] {
+            push_rule(
+                out,
+                c,
+                &format!("-p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 255"),
+                "ipv6 neighbour discovery",
+                "RETURN",
+            );
+        }
+        for t in [131, 132, 143] {
+            push_rule(
+                out,
+                c,
+                &format!("-p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 1"),
+                "ipv6 multicast listener report",
+                "RETURN",
+            );
+        }
+    }
+    push_rule(
+        out,
+        c,
+        "-p tcp",
+        "fence: tcp that was not redirected",
+        "REJECT --reject-with tcp-reset",
+    );
+    push_rule(
+        out,
+        c,
+        "-p udp",
+        "fence: udp",
+        &format!("REJECT --reject-with {}", family.port_unreachable()),
+    );
+    push_rule(
+        out,
+        c,
+        "",
+        "fence: everything else (icmp, sctp, raw)",
+        &format!("REJECT --reject-with {}", family.admin_prohibited()),
+    );
+}
+
+/// The `--noflush` text that removes exactly our jumps and chains (None: nothing of ours).
+pub fn cleanup_script(family: Family, existing: &Existing) -> Option<String> {
+    if !existing.any_ours() {
+        return None;
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "# palisade cleanup ({})", family.label());
+    if existing.nat_chain || !existing.nat_jumps.is_empty() {
+        out.push_str("*nat\n");
+        for jump in &existing.nat_jumps {
+            let _ = writeln!(out, "-D {}", &jump[3..]);
+        }
+        if existing.nat_chain {
+            let _ = writeln!(out, "-F {NAT_CHAIN}\n-X {NAT_CHAIN}");
+        }
+        out.push_str("COMMIT\n");
+    }
+    if existing.fence_chain || !existing.fence_jumps.is_empty() {
+        out.push_str("*filter\n");
+        for jump in &existing.fence_jumps {
+            let _ = writeln!(out, "-D {}", &jump[3..]);
+        }
+        if existing.fence_chain {
+            let _ = writeln!(out, "-F {FENCE_CHAIN}\n-X {FENCE_CHAIN}");
+        }
+        out.push_str("COMMIT\n");
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use crate::capture::config::parse_cidr;
+
+    fn cfg() -> CaptureConfig {
+        CaptureConfig::new(
+            CaptureConfig::default(),
+            &[22],
+            &[
+                parse_cidr("10.0.0.0/8").unwrap(),
+                parse_cidr("fd00::/8").unwrap(),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn pos(text: &str, needle: &str) -> usize {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
+    }
+
+    fn rules(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
+            .collect()
+    }
+
+    #[test]
+    fn sidecar_return_comes_before_every_redirect() {
+        let t = init_script(&cfg(), Family::V4, true, &Existing::default());
+        let uid = pos(&t, "-A PALISADE_OUTPUT -m owner --uid-owner 1337");
+        let gid = pos(&t, "-A PALISADE_OUTPUT -m owner --gid-owner 1337");
+        let first_redirect = pos(&t, "REDIRECT");
+        assert!(uid < first_redirect && gid < first_redirect, "{t}");
+        assert!(t.contains("-A PALISADE_OUTPUT -p tcp -m comment --comment \"palisade: tcp to transparent egress\" -j REDIRECT --to-ports 15001"), "{t}");
+        assert!(t.contains("-p udp --dport 53 -m comment --comment \"palisade: dns (udp) to policy dns\" -j REDIRECT --to-ports 15053"), "{t}");
+        // DNS is captured even to loopback resolvers; other loopback is not.
+        assert!(pos(&t, "--dport 53") < pos(&t, "-A PALISADE_OUTPUT -o lo"));
+        assert!(pos(&t, "-A PALISADE_OUTPUT -o lo") < pos(&t, "--to-ports 15001"));
+    }
+
+    #[test]
+    fn every_rule_has_a_palisade_comment() {
+        for family in [Family::V4, Family::V6] {
+            let t = init_script(&cfg(), family, true, &Existing::default());
+            for rule in rules(&t) {
+                assert!(rule.contains("-m comment --comment \"palisade: "), "{rule}");
+            }
+            assert!(rules(&t).len() > 20, "{t}");
+        }
+    }
+
+    #[test]
+    fn exclusions_appear_in_nat_and_filter_of_the_right_family() {
+        let v4 = init_script(&cfg(), Family::V4, true, &Existing::default());
+        let v6 = init_script(&cfg(), Family::V6, true, &Existing::default());
+        for chain in [NAT_CHAIN, FENCE_CHAIN] {
+            for proto in ["tcp", "udp"] {
+                for t in [&v4, &v6] {
+                    assert!(
+                        t.contains(&format!("-A {chain} -p {proto} --dport 22 ")),
+                        "{t}"
+                    );
+                }
+            }
+            assert!(v4.contains(&format!("-A {chain} -d 10.0.0.0/8 ")), "{v4}");
+            assert!(v6.contains(&format!("-A {chain} -d fd00::/8 ")), "{v6}");
+        }
+        assert!(!v4.contains("fd00::/8") && !v6.contains("10.0.0.0/8"));
+        // Exclusions come before the redirect and before the final reject.
+        assert!(pos(&v4, "-A PALISADE_OUTPUT -p tcp --dport 22") < pos(&v4, "--to-ports 15001"));
+        assert!(pos(&v4, "-A PALISADE_FENCE -p tcp --dport 22") < pos(&v4, "fence: tcp that"));
+    }
+
+    #[test]
+    fn fence_allows_only_our_redirects_then_rejects_with_clear_errors() {
+        let t = init_script(&cfg(), Family::V4, true, &Existing::default());
+        let dnat = pos(
+            &t,
+            "-d 127.0.0.1/32 -p tcp --dport 15001 -m conntrack --ctstate DNAT",
+        );
+        let reject_range = pos(&t, "-o lo -p tcp --dport 15000:15099");
+        let lo = pos(&t, "-A PALISADE_FENCE -o lo -m comment");
+        assert!(dnat < reject_range && reject_range < lo, "{t}");
+        assert!(pos(&t, "--dport 15080") < reject_range);
+        assert!(t.contains("-j REJECT --reject-with tcp-reset"));
+        assert!(t.contains("-p udp -m comment --comment \"palisade: fence: udp\" -j REJECT --reject-with icmp-port-unreachable"));
+        let last = rules(&t)
+            .into_iter()
+            .rfind(|l| l.starts_with("-A PALISADE_FENCE"))
+            .unwrap();
+        assert!(
+            last.ends_with("-j REJECT --reject-with icmp-admin-prohibited"),
+            "{last}"
+        );
+        assert!(
+            !t.contains("-j ACCEPT"),
+            "we never accept on others' behalf"
+        );
+
+        let t6 = init_script(&cfg(), Family::V6, true, &Existing::default());
+        assert!(t6.contains("--reject-with icmp6-port-unreachable"));
+        assert!(t6.contains("--reject-with icmp6-adm-prohibited"));
+        assert!(t6.contains("--icmpv6-type 135 -m hl --hl-eq 255"));
+        assert!(
+            !t6.contains("--icmpv6-type 128"),
+            "echo request stays fenced"
+        );
+        assert!(t6.contains("-d ::1/128 -p udp --dport 15053 -m conntrack --ctstate DNAT"));
+        assert!(!t.contains("icmpv6"));
+    }
+
+    #[test]
+    fn without_nat_only_the_fence_is_installed() {
+        let t = init_script(&cfg(), Family::V6, false, &Existing::default());
+        assert!(!t.contains("*nat") && !t.contains("REDIRECT"), "{t}");
+        assert!(t.contains("*filter") && t.contains("-I OUTPUT 1"));
+    }
+
+    #[test]
+    fn rerun_replaces_existing_jumps_instead_of_adding() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:PALISADE_OUTPUT - [0:0]\n\
+            -A OUTPUT -m comment --comment \"palisade: capture\" -j PALISADE_OUTPUT\n\
+            -A OUTPUT -d 1.2.3.4/32 -j ACCEPT\n\
+            -A PALISADE_OUTPUT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n\
+            *filter\n:OUTPUT ACCEPT [0:0]\n:PALISADE_FENCE - [0:0]\n\
+            -A OUTPUT -m comment --comment \"palisade: fence\" -j PALISADE_FENCE\nCOMMIT\n";
+        let ex = parse_save(save);
+        assert!(ex.nat_chain && ex.fence_chain);
+        assert_eq!(ex.nat_jumps.len(), 1);
+        assert_eq!(ex.fence_jumps.len(), 1);
+        assert_eq!(ex.foreign_rules, 1);
+        let t = init_script(&cfg(), Family::V4, true, &ex);
+        assert!(
+            t.contains("-D OUTPUT -m comment --comment \"palisade: capture\" -j PALISADE_OUTPUT\n")
+        );
+        assert!(
+            pos(&t, "-D OUTPUT -m comment --comment \"palisade: fence\"")
+                < pos(&t, "-I OUTPUT 1 -m comment --comment \"palisade: fence\"")
+        );
+        assert_eq!(t.matches("-I OUTPUT 1").count(), 2);
+        assert!(t.contains("-F PALISADE_OUTPUT\n") && t.contains("-F PALISADE_FENCE\n"));
+    }
+
+    #[test]
+    fn cleanup_removes_exactly_ours() {
+        assert_eq!(cleanup_script(Family::V4, &Existing::default()), None);
+        let ex = parse_save(
+            "*nat\n:PALISADE_OUTPUT - [0:0]\n-A OUTPUT -j KUBE\n\
+             -A OUTPUT -m comment --comment \"palisade: capture\" -j PALISADE_OUTPUT\nCOMMIT\n",
+        );
+        let t = cleanup_script(Family::V4, &ex).unwrap();
+        assert_eq!(
+            t.lines().skip(1).collect::<Vec<_>>(),
+            [
+                "*nat",
+                "-D OUTPUT -m comment --comment \"palisade: capture\" -j PALISADE_OUTPUT",
+                "-F PALISADE_OUTPUT",
+                "-X PALISADE_OUTPUT",
+                "COMMIT"
+            ]
+        );
+        assert!(!t.contains("KUBE") && !t.contains("*filter"));
+    }
+}

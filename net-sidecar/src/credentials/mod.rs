@@ -1,0 +1,228 @@
+//! Credentials the sidecar injects into inspected requests.
+//!
+//! Owns: the [`Secret`] newtype (redacting `Debug`, SHA-256 fingerprint for audit), the async
+//! [`CredentialSource`] trait every source implements (file and env here; gateway secrets,
+//! SPIFFE token grants and workload tokens plug in later without touching the proxy path),
+//! the per-policy [`Registry`] of sources, and building the header value (`inject.header`,
+//! `inject.scheme`) with validation.
+//! Must never: log, count or put in an error a secret value — only names and fingerprints.
+
+mod sources;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use http::header::{HeaderName, HeaderValue};
+use palisade_policy::model::{Credential, CredentialSource as SourceSpec};
+use sha2::{Digest as _, Sha256};
+
+pub use self::sources::{EnvSource, FileSource, Unavailable};
+
+/// A credential value. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a value; surrounding whitespace (a trailing newline in a file) is removed.
+    pub fn new(value: &str) -> Result<Self, CredentialError> {
+        let v = value.trim_matches(|c: char| c == ' ' || c == '\t' || c == '\r' || c == '\n');
+        if v.is_empty() {
+            return Err(CredentialError::Invalid("the value is empty"));
+        }
+        if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(CredentialError::Invalid(
+                "the value contains CR, LF or NUL (header injection)",
+            ));
+        }
+        if v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            return Err(CredentialError::Invalid(
+                "the value contains control characters",
+            ));
+        }
+        Ok(Self(v.to_owned()))
+    }
+
+    /// The value itself: only for building the header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// First 8 bytes of SHA-256, hex: identifies a value in audit logs without revealing it.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        hex::encode(&digest[..8])
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(sha256:{}…)", self.fingerprint())
+    }
+}
+
+/// Why no value is available. Messages never contain the value.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialError {
+    #[error("credential source not implemented in this sidecar: {0}")]
+    NotImplemented(&'static str),
+    #[error("cannot read the credential: {0}")]
+    Unreadable(String),
+    #[error("the credential value is unusable: {0}")]
+    Invalid(&'static str),
+    #[error("the policy names credential `{0}` but does not define it")]
+    Undefined(String),
+}
+
+/// Boxed future returned by [`CredentialSource::get`] (object-safe async).
+pub type GetFuture<'a> = Pin<Box<dyn Future<Output = Result<Secret, CredentialError>> + Send + 'a>>;
+
+/// A place a credential value comes from. Implementations cache and refresh on their own
+/// (files are re-read when they change; token sources refresh before expiry).
+pub trait CredentialSource: Send + Sync + std::fmt::Debug {
+    /// The current value.
+    fn get(&self) -> GetFuture<'_>;
+    /// A bounded label naming the source kind (`file`, `env`, …).
+    fn kind(&self) -> &'static str;
+}
+
+/// A credential's definition and the source built from it.
+type Entry = (Credential, Arc<dyn CredentialSource>);
+
+/// Sources by credential name, rebuilt lazily when a policy generation changes a definition.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sources: Mutex<HashMap<String, Entry>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The source for `name` as `def` defines it (re-created if the definition changed).
+    pub fn source(&self, name: &str, def: &Credential) -> Arc<dyn CredentialSource> {
+        let mut map = match self.sources.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((known, src)) = map.get(name)
+            && known == def
+        {
+            return src.clone();
+        }
+        let src: Arc<dyn CredentialSource> = match &def.from {
+            SourceSpec::File(path) => Arc::new(FileSource::new(path.into())),
+            SourceSpec::Env(var) => Arc::new(EnvSource::new(var)),
+            SourceSpec::Secret { .. } => Arc::new(Unavailable("secret (gateway-held secrets)")),
+            SourceSpec::TokenGrant(_) => Arc::new(Unavailable("tokenGrant (SPIFFE token grants)")),
+            SourceSpec::WorkloadToken { .. } => {
+                Arc::new(Unavailable("workloadToken (gateway workload tokens)"))
+            }
+        };
+        map.insert(name.to_owned(), (def.clone(), src.clone()));
+        src
+    }
+}
+
+/// The header to set for `def` with `secret`: `inject.header: [scheme ]value`. A `Bearer`
+/// scheme requires an RFC 6750 token68 value.
+pub fn header_for(
+    def: &Credential,
+    secret: &Secret,
+) -> Result<(HeaderName, HeaderValue), CredentialError> {
+    let name = HeaderName::from_bytes(def.inject.header.as_bytes())
+        .map_err(|_| CredentialError::Invalid("inject.header is not a valid header name"))?;
+    let value = match def.inject.scheme.as_deref() {
+        Some(scheme) => {
+            if scheme.eq_ignore_ascii_case("bearer") && !is_token68(secret.expose()) {
+                return Err(CredentialError::Invalid(
+                    "a Bearer token must be token68 (letters, digits, -._~+/ and trailing =)",
+                ));
+            }
+            format!("{scheme} {}", secret.expose())
+        }
+        None => secret.expose().to_owned(),
+    };
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| CredentialError::Invalid("the value is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+/// RFC 7235 token68.
+fn is_token68(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use palisade_policy::model::Injection;
+
+    fn def(from: SourceSpec, scheme: Option<&str>) -> Credential {
+        Credential {
+            from,
+            inject: Injection {
+                header: "Authorization".into(),
+                scheme: scheme.map(str::to_owned),
+            },
+        }
+    }
+
+    #[test]
+    fn secrets_are_validated_and_never_printed() {
+        let s = Secret::new("tok-123\n").unwrap();
+        assert_eq!(s.expose(), "tok-123");
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("tok-123"), "{dbg}");
+        assert_eq!(s.fingerprint().len(), 16);
+        for bad in ["", "\n", "a\r\nX-Evil: 1", "a\nb", "a\0b", "a\x01b"] {
+            assert!(Secret::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn header_values() {
+        let d = def(SourceSpec::Env("X".into()), Some("Bearer"));
+        let (n, v) = header_for(&d, &Secret::new("abc.DEF-1_~+/==").unwrap()).unwrap();
+        assert_eq!(n, http::header::AUTHORIZATION);
+        assert_eq!(v, "Bearer abc.DEF-1_~+/==");
+        assert!(v.is_sensitive());
+        assert!(header_for(&d, &Secret::new("has space").unwrap()).is_err());
+        assert!(header_for(&d, &Secret::new("a=b").unwrap()).is_err());
+        let raw = def(SourceSpec::Env("X".into()), None);
+        let (_, v) = header_for(&raw, &Secret::new("key with space").unwrap()).unwrap();
+        assert_eq!(v, "key with space");
+        let mut custom = def(SourceSpec::Env("X".into()), Some("token"));
+        custom.inject.header = "X-Api-Key".into();
+        let (n, v) = header_for(&custom, &Secret::new("k").unwrap()).unwrap();
+        assert_eq!((n.as_str(), v.to_str().unwrap()), ("x-api-key", "token k"));
+    }
+
+    #[tokio::test]
+    async fn registry_builds_and_reuses_sources() {
+        let r = Registry::new();
+        let d = def(
+            SourceSpec::WorkloadToken {
+                audience: "a".into(),
+            },
+            Some("Bearer"),
+        );
+        let s = r.source("wl", &d);
+        assert!(matches!(
+            s.get().await,
+            Err(CredentialError::NotImplemented(_))
+        ));
+        assert!(Arc::ptr_eq(&s, &r.source("wl", &d)));
+        let d2 = def(SourceSpec::Env("PALISADE_TEST_NOPE_X".into()), None);
+        let s2 = r.source("wl", &d2);
+        assert_eq!(s2.kind(), "env");
+    }
+}

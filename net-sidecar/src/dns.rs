@@ -1,1 +1,0 @@
-//! Placeholder until the policy DNS server lands (owned by another helper).

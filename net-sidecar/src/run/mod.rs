@@ -1,0 +1,296 @@
+//! `palisade-sidecar run`: the egress data plane.
+//!
+//! Every agent connection arrives on the transparent listener (redirected by the capture
+//! rules) or the explicit proxy, is admitted under the connection limit, peeked (TLS SNI,
+//! HTTP Host, or opaque), decided against the current policy generation with anti-spoofing
+//! checks, and then spliced, served as HTTP request by request, or refused (reset / 403).
+//!
+//! Module map (one concern each):
+//! * [`config`] — flags and `PALISADE_*` environment, parsed once into [`config::Config`].
+//! * [`listener`] — binding, accept loops, the connection limit.
+//! * [`transparent`] — 15001: original destination, peek → decide → splice/HTTP/reset.
+//! * [`explicit`] — 15080: CONNECT tunnels and absolute-form HTTP.
+//! * [`peek`] — classifying first bytes without consuming them.
+//! * [`decide`] — policy + protocol + anti-spoofing + address checks → plan or refusal.
+//! * [`resolve`] — the sidecar's own resolver and the original-destination check.
+//! * [`http`] — HTTP (plain, and inside inspected TLS) with a decision per request,
+//!   credential injection and header hygiene.
+//! * [`inspect`] — TLS termination with the sandbox CA for rules that need L7.
+//! * [`splice`] / [`io`] / [`upstream`] — byte relay, counted streams, dialling.
+//! * [`pool`] — idle upstream connections of inspected traffic.
+//! * [`audit`] — counters, audit events and 403 bodies from one outcome.
+//! * [`metrics`] / [`admin`] — the registry and `/live`, `/ready`, `/metrics`.
+//! * [`policy_source`] — loading and hot-reloading the policy file.
+//! * [`shutdown`] — readiness, ready file, signals, drain.
+//!
+//! Must never: run with privileges (ports ≥ 1024 only, no capabilities), dial an
+//! unverified destination, or keep running without a valid policy.
+
+mod admin;
+mod audit;
+mod config;
+mod decide;
+mod explicit;
+mod http;
+mod inspect;
+mod io;
+mod listener;
+mod metrics;
+mod peek;
+mod policy_source;
+mod pool;
+mod resolve;
+mod shutdown;
+mod splice;
+mod transparent;
+mod upstream;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use palisade_policy::CompiledPolicy;
+use tokio::sync::{Semaphore, watch};
+use tracing_subscriber::EnvFilter;
+
+pub use self::config::RunArgs;
+use self::config::{Config, LogFormat, Timeouts};
+use self::decide::Decider;
+use self::metrics::Metrics;
+use self::policy_source::PolicySource;
+use self::resolve::SystemResolver;
+use self::shutdown::{ReadyFile, State};
+use crate::dns::{self, AnswerCache, DnsConfig, DnsMetrics};
+
+/// What every connection handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current policy generation; each new connection (and HTTP request) reads it.
+    pub policy: watch::Receiver<Arc<CompiledPolicy>>,
+    pub decider: Decider,
+    pub metrics: Metrics,
+    pub timeouts: Timeouts,
+    pub state: State,
+    /// The sandbox CA and the rustls configurations of inspected connections.
+    pub tls: Arc<crate::tls::Interceptor>,
+    /// Credential sources by name.
+    pub credentials: Arc<crate::credentials::Registry>,
+    /// `--max-header-bytes` for inspected connections.
+    pub max_header_bytes: u32,
+    /// Idle upstream connections of inspected traffic.
+    pub pool: Arc<pool::UpstreamPool>,
+}
+
+/// Entry point of `palisade-sidecar run`.
+pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::from_args(args)?;
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("palisade-dataplane")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+    if let Err(err) = result {
+        eprintln!("palisade-sidecar: logging already initialised: {err}");
+    }
+}
+
+/// Whether this network namespace can bind an address of `addr`'s family and scope.
+fn family_available(addr: SocketAddr) -> bool {
+    listener::bind_one(SocketAddr::new(addr.ip(), 0)).is_ok()
+}
+
+/// Everything bound and loaded; the moment the sidecar can enforce policy.
+struct Running {
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    max_connections: u32,
+    bound: Vec<(&'static str, SocketAddr)>,
+}
+
+async fn start(config: &Config) -> anyhow::Result<Running> {
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let source = PolicySource::load(config.policy.clone(), metrics.clone()).await?;
+    let policy = source.subscribe();
+
+    let upstreams = if config.dns_upstreams.is_empty() {
+        DnsConfig::upstreams_from_resolv_conf(&config.resolv_conf)?
+    } else {
+        config.dns_upstreams.clone()
+    };
+    let cache = Arc::new(AnswerCache::new(config.dns_cache_capacity));
+    let dns_metrics =
+        DnsMetrics::register(metrics.registry()).context("cannot register DNS metrics")?;
+    let dns_config = DnsConfig {
+        listen: config
+            .dns_listen
+            .iter()
+            .copied()
+            .filter(|a| family_available(*a))
+            .collect(),
+        upstreams: upstreams.clone(),
+        deny_rcode: config.dns_deny_rcode,
+        upstream_timeout: config.dns_upstream_timeout,
+    };
+    let dns_server = dns::bind(&dns_config).await?;
+
+    let state = State::new();
+    let admin = listener::bind_all("admin (/live, /ready, /metrics)", &config.admin)?;
+    let outbound = listener::bind_all("transparent egress", &config.outbound)?;
+    let explicit = listener::bind_all("the explicit proxy", &config.explicit)?;
+
+    let mut bound = Vec::new();
+    for (what, ls) in [
+        ("admin", &admin),
+        ("transparent", &outbound),
+        ("explicit", &explicit),
+    ] {
+        bound.extend(
+            ls.iter()
+                .filter_map(|l| l.local_addr().ok())
+                .map(|a| (what, a)),
+        );
+    }
+    bound.extend(dns_server.local_addrs().into_iter().map(|a| ("dns", a)));
+
+    let hosts: Vec<String> = policy
+        .borrow()
+        .inspected_hosts()
+        .map(str::to_owned)
+        .collect();
+    let tls = Arc::new(
+        crate::tls::Interceptor::new(&config.tls, hosts, metrics.leaf_cache.clone())
+            .context("cannot set up TLS interception")?,
+    );
+    tokio::spawn(ca_maintenance(tls.clone(), policy.clone()));
+    let shared = Arc::new(Shared {
+        tls,
+        credentials: Arc::new(crate::credentials::Registry::new()),
+        max_header_bytes: config.max_header_bytes,
+        pool: Arc::new(pool::UpstreamPool::new()),
+        policy: policy.clone(),
+        decider: Decider::new(
+            Arc::new(SystemResolver::new(&upstreams, config.dns_upstream_timeout)),
+            cache.clone(),
+        ),
+        metrics: metrics.clone(),
+        timeouts: config.timeouts,
+        state: state.clone(),
+    });
+    let limit = Arc::new(Semaphore::new(config.max_connections as usize));
+
+    for l in admin {
+        tokio::spawn(admin::serve(l, state.clone(), metrics.clone()));
+    }
+    tokio::spawn(dns_server.run(policy, cache, dns_metrics));
+    tokio::spawn(source.watch());
+    for l in outbound {
+        let s = shared.clone();
+        tokio::spawn(listener::accept_loop(
+            l,
+            state.clone(),
+            limit.clone(),
+            metrics.clone(),
+            move |stream, peer, guard| transparent::handle(s.clone(), stream, peer, guard),
+        ));
+    }
+    for l in explicit {
+        let s = shared.clone();
+        tokio::spawn(listener::accept_loop(
+            l,
+            state.clone(),
+            limit.clone(),
+            metrics.clone(),
+            move |stream, peer, guard| explicit::handle(s.clone(), stream, peer, guard),
+        ));
+    }
+    Ok(Running {
+        shared,
+        limit,
+        max_connections: config.max_connections,
+        bound,
+    })
+}
+
+/// Keep the sandbox CA current: re-constrain it when a policy reload changes the inspected
+/// hosts, and rotate it at 2/3 of its life (checked every minute).
+async fn ca_maintenance(
+    tls: Arc<crate::tls::Interceptor>,
+    mut policy: watch::Receiver<Arc<CompiledPolicy>>,
+) {
+    const CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            changed = policy.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(CHECK) => {}
+        }
+        let hosts: Vec<String> = policy
+            .borrow()
+            .inspected_hosts()
+            .map(str::to_owned)
+            .collect();
+        if let Err(err) = tls.store.refresh(hosts) {
+            tracing::error!(error = %format!("{err:#}"), "cannot replace the sandbox CA; the current one stays");
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let running = start(&config).await?;
+    let ready_file = config.ready_file.clone().map(ReadyFile);
+    if let Some(f) = &ready_file {
+        f.write()?;
+    }
+    running.shared.state.set_ready();
+    let listeners: Vec<String> = running
+        .bound
+        .iter()
+        .map(|(what, a)| format!("{what}={a}"))
+        .collect();
+    tracing::info!(listeners = %listeners.join(" "), "palisade-sidecar data plane ready");
+
+    let signal = shutdown::termination_signal().await?;
+    tracing::info!(signal, drain_timeout = ?config.drain_timeout, "draining: no new connections, finishing in-flight ones");
+    running.shared.state.start_draining();
+    if let Some(f) = &ready_file {
+        f.remove();
+    }
+    let finished = tokio::select! {
+        finished = shutdown::wait_for_connections(&running.limit, running.max_connections, config.drain_timeout) => finished,
+        second = shutdown::termination_signal() => {
+            tracing::warn!(signal = second.unwrap_or("?"), "second signal: exiting without waiting");
+            false
+        }
+    };
+    let open = running.shared.metrics.active_connections.get();
+    if finished {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(
+            open_connections = open,
+            "drain deadline reached; closing remaining connections"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

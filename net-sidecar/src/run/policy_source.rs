@@ -1,0 +1,252 @@
+//! Where the policy comes from: `--policy FILE`, loaded at start and hot-reloaded.
+//!
+//! Owns: reading (bounded by [`MAX_POLICY_BYTES`]), parsing, validating and compiling the
+//! file; publishing each new generation on a `watch` channel (new connections see it, open
+//! ones keep theirs); the generation gauge and the reload-failure counter.
+//! The file is polled once per [`POLL_INTERVAL`] and compared byte for byte, which is robust
+//! to editors' write-to-temp-and-rename, to ConfigMap `..data` symlink swaps, and to
+//! filesystems without inotify.
+//! Must never: replace a good policy with a broken one, or crash because the file vanished.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use palisade_policy::{CompiledPolicy, MAX_POLICY_BYTES, parse_policy};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use super::metrics::Metrics;
+
+/// How often the policy file is re-read.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Read the file, refusing anything over the size limit.
+async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() > MAX_POLICY_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than the {MAX_POLICY_BYTES}-byte limit"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Parse, validate and compile, with an operator-facing error listing every problem.
+fn compile(path: &Path, bytes: &[u8]) -> anyhow::Result<CompiledPolicy> {
+    let policy = parse_policy(bytes).map_err(|errors| {
+        anyhow::anyhow!(
+            "policy {} is invalid; fix these problems (check it with `palisade policy validate`):\n{errors}",
+            path.display()
+        )
+    })?;
+    Ok(CompiledPolicy::compile(&policy))
+}
+
+/// The live policy and its source.
+#[derive(Debug)]
+pub struct PolicySource {
+    path: PathBuf,
+    last_bytes: Vec<u8>,
+    tx: watch::Sender<Arc<CompiledPolicy>>,
+    metrics: Metrics,
+}
+
+impl PolicySource {
+    /// Load the policy for start-up; any problem is fatal (the sidecar must not run without
+    /// a policy).
+    pub async fn load(path: PathBuf, metrics: Metrics) -> anyhow::Result<Self> {
+        let bytes = read_bounded(&path).await.with_context(|| {
+            format!(
+                "cannot read policy file {}; mount the policy there or pass --policy",
+                path.display()
+            )
+        })?;
+        let policy = compile(&path, &bytes)?;
+        tracing::info!(path = %path.display(), policy = policy.name(), generation = 1, "policy loaded");
+        metrics.policy_generation.set(1);
+        let (tx, _) = watch::channel(Arc::new(policy));
+        Ok(Self {
+            path,
+            last_bytes: bytes,
+            tx,
+            metrics,
+        })
+    }
+
+    /// A receiver of the current and future generations.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CompiledPolicy>> {
+        self.tx.subscribe()
+    }
+
+    /// Re-read the file once; publish a new generation if its content changed and is valid.
+    /// Each distinct broken content is counted and logged once.
+    pub async fn poll_once(&mut self) {
+        let bytes = match read_bounded(&self.path).await {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                // Remember "unreadable" as an empty content so the failure is counted once.
+                if !self.last_bytes.is_empty() {
+                    self.last_bytes.clear();
+                    self.metrics.policy_reload_failures.inc();
+                    tracing::warn!(path = %self.path.display(), error = %err,
+                        "cannot re-read the policy file; keeping the last good policy");
+                }
+                return;
+            }
+        };
+        if bytes == self.last_bytes {
+            return;
+        }
+        self.last_bytes = bytes;
+        match compile(&self.path, &self.last_bytes) {
+            Ok(policy) => {
+                let generation = self.metrics.policy_generation.get() + 1;
+                tracing::info!(path = %self.path.display(), policy = policy.name(), generation, "policy reloaded");
+                self.tx.send_replace(Arc::new(policy));
+                self.metrics.policy_generation.set(generation);
+            }
+            Err(err) => {
+                self.metrics.policy_reload_failures.inc();
+                tracing::warn!(error = %format!("{err:#}"), "refusing the changed policy file; keeping the last good policy");
+            }
+        }
+    }
+
+    /// Poll forever.
+    pub async fn watch(mut self) {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.poll_once().await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use crate::run::decide::tests::POLICY;
+
+    #[tokio::test]
+    async fn load_reload_and_keep_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, POLICY).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let mut source = PolicySource::load(path.clone(), metrics.clone())
+            .await
+            .unwrap();
+        let rx = source.subscribe();
+        assert_eq!(metrics.policy_generation.get(), 1);
+        assert!(
+            rx.borrow()
+                .match_connection("allowed.test", 443)
+                .0
+                .is_allow()
+        );
+
+        // Unchanged content: nothing happens.
+        source.poll_once().await;
+        assert_eq!(metrics.policy_generation.get(), 1);
+
+        // Editor-style replace: write elsewhere, rename over.
+        let tmp = dir.path().join(".policy.yaml.swp");
+        std::fs::write(&tmp, POLICY.replace("allowed.test", "other.test")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        source.poll_once().await;
+        assert_eq!(metrics.policy_generation.get(), 2);
+        assert!(
+            !rx.borrow()
+                .match_connection("allowed.test", 443)
+                .0
+                .is_allow()
+        );
+        assert!(rx.borrow().match_connection("other.test", 443).0.is_allow());
+
+        // Broken content: refused once, last good kept.
+        std::fs::write(&path, "apiVersion: nope\n").unwrap();
+        source.poll_once().await;
+        source.poll_once().await;
+        assert_eq!(metrics.policy_reload_failures.get(), 1);
+        assert_eq!(metrics.policy_generation.get(), 2);
+        assert!(rx.borrow().match_connection("other.test", 443).0.is_allow());
+
+        // Vanished file: counted once, last good kept; coming back reloads.
+        std::fs::remove_file(&path).unwrap();
+        source.poll_once().await;
+        source.poll_once().await;
+        assert_eq!(metrics.policy_reload_failures.get(), 2);
+        std::fs::write(&path, POLICY).unwrap();
+        source.poll_once().await;
+        assert_eq!(metrics.policy_generation.get(), 3);
+        assert!(
+            rx.borrow()
+                .match_connection("allowed.test", 443)
+                .0
+                .is_allow()
+        );
+    }
+
+    #[tokio::test]
+    async fn configmap_symlink_swap_is_seen() {
+        // Kubernetes mounts: policy.yaml -> ..data/policy.yaml, ..data -> ..2024_x; an update
+        // creates a new timestamped dir and swaps the ..data symlink.
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("..v1");
+        let v2 = dir.path().join("..v2");
+        std::fs::create_dir(&v1).unwrap();
+        std::fs::create_dir(&v2).unwrap();
+        std::fs::write(v1.join("policy.yaml"), POLICY).unwrap();
+        std::fs::write(
+            v2.join("policy.yaml"),
+            POLICY.replace("allowed.test", "v2.test"),
+        )
+        .unwrap();
+        let data = dir.path().join("..data");
+        std::os::unix::fs::symlink("..v1", &data).unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::os::unix::fs::symlink("..data/policy.yaml", &path).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let mut source = PolicySource::load(path, metrics.clone()).await.unwrap();
+        let rx = source.subscribe();
+        let tmp_link = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink("..v2", &tmp_link).unwrap();
+        std::fs::rename(&tmp_link, &data).unwrap();
+        source.poll_once().await;
+        assert!(rx.borrow().match_connection("v2.test", 443).0.is_allow());
+        assert_eq!(metrics.policy_generation.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn start_up_errors_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new().unwrap();
+        let missing = PolicySource::load(dir.path().join("nope.yaml"), metrics.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("cannot read policy file"),
+            "{missing:#}"
+        );
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: palisade.dev/v1alpha1\nkind: Policy\nmetadata: {name: x}\nspec: {}\n",
+        )
+        .unwrap();
+        let invalid = PolicySource::load(path, metrics.clone()).await.unwrap_err();
+        assert!(format!("{invalid:#}").contains("is invalid"), "{invalid:#}");
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_POLICY_BYTES + 10]).unwrap();
+        let err = PolicySource::load(big, metrics).await.unwrap_err();
+        assert!(format!("{err:#}").contains("limit"), "{err:#}");
+    }
+}

@@ -1,0 +1,741 @@
+//! Loopback integration tests: the real listeners, decision path, splice and HTTP proxy on
+//! ephemeral 127.0.0.1 ports, with a static resolver instead of DNS (the kernel-level
+//! capture path is covered by `e2e/tests/dataplane.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::config::Timeouts;
+use super::decide::Decider;
+use super::metrics::Metrics;
+use super::peek::tests::{client_hello_message, records};
+use super::resolve::StaticResolver;
+use super::shutdown::State;
+use super::{Shared, admin, explicit, listener, transparent};
+use crate::dns::AnswerCache;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Harness {
+    proxy: SocketAddr,
+    transparent: SocketAddr,
+    metrics: Metrics,
+    policy_tx: watch::Sender<Arc<palisade_policy::CompiledPolicy>>,
+    state: State,
+}
+
+fn compile(yaml: &str) -> Arc<palisade_policy::CompiledPolicy> {
+    Arc::new(super::decide::tests::policy(yaml))
+}
+
+/// A policy allowing `allowed.test` on `port`, `opaque.test` on `port` with opaque TCP.
+fn policy_yaml(port: u16, mode: &str) -> String {
+    format!(
+        r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Policy
+metadata: {{name: loopback}}
+spec:
+  mode: {mode}
+  egress:
+    - {{name: allowed, hosts: [allowed.test], ports: [{port}]}}
+    - {{name: opaque, hosts: [opaque.test], ports: [{port}], opaqueTcp: true}}
+    - {{name: rules, hosts: [rules.test], ports: [{port}], http: {{access: read-only}}}}
+"#
+    )
+}
+
+async fn harness(yaml: &str, peek: Duration) -> Harness {
+    let resolver = StaticResolver::with(&[
+        ("allowed.test", &["127.0.0.1"]),
+        ("opaque.test", &["127.0.0.1"]),
+        ("rules.test", &["127.0.0.1"]),
+        ("other.test", &["127.0.0.1"]),
+    ]);
+    let mut decider = Decider::new(Arc::new(resolver), Arc::new(AnswerCache::new(64)));
+    decider.loopback_upstreams = true;
+    let metrics = Metrics::new().unwrap();
+    let (policy_tx, policy) = watch::channel(compile(yaml));
+    let state = State::new();
+    let shared = Arc::new(Shared {
+        policy,
+        decider,
+        metrics: metrics.clone(),
+        timeouts: Timeouts {
+            connect: PATIENCE,
+            idle: PATIENCE * 4,
+            peek,
+        },
+        state: state.clone(),
+        tls: Arc::new(
+            crate::tls::Interceptor::new(
+                &crate::tls::TlsSettings {
+                    shared_dir: {
+                        let d = std::env::temp_dir()
+                            .join(format!("palisade-sidecar-test-{}", std::process::id()));
+                        std::fs::create_dir_all(&d).unwrap();
+                        d
+                    },
+                    ca_validity: Duration::from_secs(3600),
+                    upstream_ca: None,
+                },
+                Vec::new(),
+                metrics.leaf_cache.clone(),
+            )
+            .unwrap(),
+        ),
+        credentials: Arc::new(crate::credentials::Registry::new()),
+        max_header_bytes: 32 * 1024,
+        pool: Arc::new(super::pool::UpstreamPool::new()),
+    });
+    let limit = Arc::new(Semaphore::new(100));
+    let l = listener::bind_one("127.0.0.1:0".parse().unwrap()).unwrap();
+    let proxy = l.local_addr().unwrap();
+    let s = shared.clone();
+    tokio::spawn(listener::accept_loop(
+        l,
+        state.clone(),
+        limit.clone(),
+        metrics.clone(),
+        move |st, peer, g| explicit::handle(s.clone(), st, peer, g),
+    ));
+    let l = listener::bind_one("127.0.0.1:0".parse().unwrap()).unwrap();
+    let transparent_addr = l.local_addr().unwrap();
+    let s = shared.clone();
+    tokio::spawn(listener::accept_loop(
+        l,
+        state.clone(),
+        limit,
+        metrics.clone(),
+        move |st, peer, g| transparent::handle(s.clone(), st, peer, g),
+    ));
+    state.set_ready();
+    Harness {
+        proxy,
+        transparent: transparent_addr,
+        metrics,
+        policy_tx,
+        state,
+    }
+}
+
+/// An upstream that echoes every byte back, and reports what it received.
+async fn echo_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            all.extend_from_slice(&buf[..n]);
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(all);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// An HTTP upstream answering `<method> <host> <path>` in the body.
+async fn http_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_owned();
+                    let leaked = req.headers().contains_key("proxy-authorization");
+                    let body = format!("{} {} {} leaked={leaked}", req.method(), host, req.uri());
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        body,
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Read one HTTP/1 response (status, head, body by content-length).
+async fn read_response<R: AsyncRead + Unpin>(r: &mut R) -> (u16, String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, r.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(PATIENCE, r.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    (status, head, String::from_utf8(body).unwrap())
+}
+
+/// Read until EOF or reset; true if the peer closed without sending anything more.
+async fn closed_without_data(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(PATIENCE, s.read(&mut buf))
+        .await
+        .unwrap()
+    {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
+async fn connect(h: &Harness, target: &str) -> (TcpStream, u16, String, String) {
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, head, body) = read_response(&mut s).await;
+    (s, status, head, body)
+}
+
+fn count(m: &Metrics, decision: &str, protocol: &str, rule: &str) -> u64 {
+    m.connections
+        .with_label_values(&[decision, protocol, rule])
+        .get()
+}
+
+#[tokio::test]
+async fn connect_allowed_tls_passes_bytes_unchanged() {
+    let (up, mut received) = echo_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let (mut s, status, _, _) = connect(&h, &format!("allowed.test:{}", up.port())).await;
+    assert_eq!(status, 200);
+    let hello = records(&client_hello_message(Some("allowed.test")), 100);
+    s.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, hello, "bytes must pass through unchanged");
+    drop(s);
+    assert_eq!(received.recv().await.unwrap(), hello);
+    assert_eq!(count(&h.metrics, "allow", "tls", "allowed"), 1);
+    assert!(h.metrics.bytes_up.get() >= hello.len() as u64);
+    assert!(h.metrics.bytes_down.get() >= hello.len() as u64);
+}
+
+#[tokio::test]
+async fn connect_denied_gets_a_403_json_body() {
+    let (up, _) = echo_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let (_, status, head, body) = connect(&h, &format!("other.test:{}", up.port())).await;
+    assert_eq!(status, 403);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"error": "policy_denied", "reason": "no_matching_rule", "host": "other.test"})
+    );
+    // Right host, wrong port names the rule.
+    let (_, status, _, body) = connect(&h, "allowed.test:1").await;
+    assert_eq!(status, 403);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["rule"], "allowed");
+    assert_eq!(json["reason"], "port_not_allowed");
+    assert_eq!(
+        h.metrics
+            .denials
+            .with_label_values(&["no_matching_rule"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        h.metrics
+            .denials
+            .with_label_values(&["port_not_allowed"])
+            .get(),
+        1
+    );
+    assert_eq!(count(&h.metrics, "deny", "tcp", "none"), 1);
+}
+
+#[tokio::test]
+async fn connect_with_a_foreign_sni_is_closed_as_destination_mismatch() {
+    let (up, mut received) = echo_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let (mut s, status, _, _) = connect(&h, &format!("allowed.test:{}", up.port())).await;
+    assert_eq!(status, 200);
+    s.write_all(&records(&client_hello_message(Some("evil.test")), 16384))
+        .await
+        .unwrap();
+    assert!(closed_without_data(&mut s).await);
+    assert_eq!(
+        received.recv().await.unwrap(),
+        b"",
+        "no byte of the tunnel may reach the upstream"
+    );
+    assert_eq!(
+        h.metrics
+            .denials
+            .with_label_values(&["destination_mismatch"])
+            .get(),
+        1
+    );
+    assert_eq!(count(&h.metrics, "deny", "tls", "allowed"), 1);
+}
+
+#[tokio::test]
+async fn connect_opaque_needs_opaque_tcp() {
+    let (up, mut received) = echo_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let (mut s, _, _, _) = connect(&h, &format!("allowed.test:{}", up.port())).await;
+    s.write_all(b"\x00\x01binary protocol").await.unwrap();
+    assert!(closed_without_data(&mut s).await);
+    assert_eq!(received.recv().await.unwrap(), b"");
+    assert_eq!(
+        h.metrics
+            .denials
+            .with_label_values(&["opaque_tcp_not_allowed"])
+            .get(),
+        1
+    );
+
+    let (mut s, status, _, _) = connect(&h, &format!("opaque.test:{}", up.port())).await;
+    assert_eq!(status, 200);
+    s.write_all(b"\x00\x01binary protocol").await.unwrap();
+    let mut back = [0u8; 17];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"\x00\x01binary protocol");
+    assert_eq!(count(&h.metrics, "allow", "tcp", "opaque"), 1);
+}
+
+#[tokio::test]
+async fn connect_target_must_be_host_and_port() {
+    let h = harness(&policy_yaml(1, "enforce"), PATIENCE).await;
+    for target in ["allowed.test", "user@allowed.test:443", "allowed.test:0"] {
+        let (_, status, _, body) = connect(&h, target).await;
+        assert_eq!(status, 400, "{target}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn absolute_form_is_checked_on_every_request() {
+    let up = http_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    let port = up.port();
+    // Allowed; Proxy-Authorization must not reach the upstream.
+    s.write_all(
+        format!(
+            "GET http://allowed.test:{port}/x?y=1 HTTP/1.1\r\nHost: allowed.test:{port}\r\nProxy-Authorization: Basic c2VjcmV0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("GET allowed.test:{port} /x?y=1 leaked=false"));
+    // Same keep-alive connection, another host: decided again, refused.
+    s.write_all(
+        format!("GET http://other.test:{port}/ HTTP/1.1\r\nHost: other.test:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 403);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"error": "policy_denied", "reason": "no_matching_rule", "host": "other.test"})
+    );
+    // Host header that does not match the absolute URL.
+    s.write_all(
+        format!("GET http://allowed.test:{port}/ HTTP/1.1\r\nHost: evil.test\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{body}");
+    // Origin-form to the proxy is not a proxy request.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, _) = read_response(&mut s).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        h.metrics
+            .http_requests
+            .with_label_values(&["allow", "allowed"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        h.metrics
+            .http_requests
+            .with_label_values(&["deny", "none"])
+            .get(),
+        1
+    );
+    assert_eq!(count(&h.metrics, "allow", "http", "allowed"), 1);
+}
+
+#[tokio::test]
+async fn http_rules_apply_to_plain_http() {
+    let up = http_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(
+        format!(
+            "GET http://rules.test:{port}/a/./b/../c HTTP/1.1\r\nHost: rules.test:{port}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(
+        (status, body),
+        (200, format!("GET rules.test:{port} /a/c leaked=false"))
+    );
+    s.write_all(
+        format!("POST http://rules.test:{port}/a HTTP/1.1\r\nHost: rules.test:{port}\r\ncontent-length: 2\r\n\r\nhi")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 403, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["rule"], "rules");
+    s.write_all(
+        format!("GET http://rules.test:{port}//a HTTP/1.1\r\nHost: rules.test:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, _) = read_response(&mut s).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn plain_http_inside_connect_must_stay_on_the_tunnel_host() {
+    let up = http_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    let (mut s, status, _, _) = connect(&h, &format!("allowed.test:{port}")).await;
+    assert_eq!(status, 200);
+    s.write_all(format!("GET /in HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(
+        (status, body),
+        (200, format!("GET allowed.test:{port} /in leaked=false"))
+    );
+    s.write_all(format!("GET /in HTTP/1.1\r\nHost: other.test:{port}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 403);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["reason"], "destination_mismatch");
+}
+
+#[tokio::test]
+async fn audit_mode_lets_denials_through_and_counts_them() {
+    let (up, _) = echo_server().await;
+    let h = harness(&policy_yaml(up.port(), "audit"), PATIENCE).await;
+    let (mut s, status, _, _) = connect(&h, &format!("other.test:{}", up.port())).await;
+    assert_eq!(status, 200);
+    let hello = records(&client_hello_message(Some("other.test")), 16384);
+    s.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(count(&h.metrics, "audit_deny", "tls", "none"), 1);
+    assert_eq!(
+        h.metrics
+            .denials
+            .with_label_values(&["no_matching_rule"])
+            .get(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn policy_updates_apply_to_the_next_connection() {
+    let (up, _) = echo_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let (_, status, _, _) = connect(&h, &format!("allowed.test:{}", up.port())).await;
+    assert_eq!(status, 200);
+    h.policy_tx.send_replace(compile(
+        &policy_yaml(up.port(), "enforce").replace("[allowed.test]", "[x.test]"),
+    ));
+    let (_, status, _, _) = connect(&h, &format!("allowed.test:{}", up.port())).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn garbage_and_huge_heads_are_refused_and_counted() {
+    let h = harness(&policy_yaml(1, "enforce"), PATIENCE).await;
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut all))
+        .await
+        .unwrap();
+    assert!(
+        all.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&all)
+    );
+    assert_eq!(h.metrics.bad_input.with_label_values(&["garbage"]).get(), 1);
+
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    let mut req = b"GET http://allowed.test/ HTTP/1.1\r\nHost: ".to_vec();
+    req.resize(64 * 1024, b'a');
+    req.extend_from_slice(b"\r\n\r\n");
+    let _ = s.write_all(&req).await; // the proxy may stop reading early
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut all))
+        .await
+        .unwrap();
+    assert!(
+        all.is_empty() || all.starts_with(b"HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&all)
+    );
+    assert_eq!(
+        h.metrics
+            .bad_input
+            .with_label_values(&["header_too_large"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn slowloris_on_the_explicit_proxy_times_out() {
+    let h = harness(&policy_yaml(1, "enforce"), Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    let writer = async {
+        for b in b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed" {
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(PATIENCE, writer).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.metrics
+            .bad_input
+            .with_label_values(&["peek_timeout"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unredirected_connections_to_the_transparent_port_are_refused() {
+    let h = harness(&policy_yaml(1, "enforce"), PATIENCE).await;
+    let mut s = TcpStream::connect(h.transparent).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_without_data(&mut s).await);
+    assert_eq!(
+        h.metrics
+            .bad_input
+            .with_label_values(&["not_redirected"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn draining_stops_accepting() {
+    let h = harness(&policy_yaml(1, "enforce"), PATIENCE).await;
+    h.state.start_draining();
+    // The accept loop notices and drops the listener: new connections are refused (or, if
+    // one raced into the backlog, closed without an answer).
+    let outcome = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match TcpStream::connect(h.proxy).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break e.kind(),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(mut s) => {
+                    let _ = s
+                        .write_all(b"CONNECT allowed.test:1 HTTP/1.1\r\n\r\n")
+                        .await;
+                    let mut buf = [0u8; 1];
+                    if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome, std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let h = harness(&policy_yaml(1, "enforce"), PATIENCE).await;
+    let l = listener::bind_one("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(admin::serve(l, h.state.clone(), h.metrics.clone()));
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (status, _, body) = read_response(&mut s).await;
+        (status, body)
+    }
+    assert_eq!(get(addr, "/live").await.0, 200);
+    assert_eq!(get(addr, "/ready").await.0, 200);
+    let (status, metrics) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE palisade_sidecar_denials_total counter"),
+        "{metrics}"
+    );
+    assert_eq!(get(addr, "/nope").await.0, 404);
+    h.state.start_draining();
+    assert_eq!(get(addr, "/ready").await, (503, "draining\n".to_owned()));
+    assert_eq!(get(addr, "/live").await.0, 200);
+}
+
+/// An upstream that answers `Upgrade: echo` with 101 and then echoes bytes.
+async fn upgrade_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(
+                    |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        let on_upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(up) = on_upgrade.await {
+                                let mut io = TokioIo::new(up);
+                                let mut buf = [0u8; 1024];
+                                while let Ok(n) = io.read(&mut buf).await {
+                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                        let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                        resp.headers_mut()
+                            .insert("connection", "upgrade".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("upgrade", "echo".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_upgrades_are_relayed_after_the_decision() {
+    let up = upgrade_server().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(
+        format!(
+            "GET http://allowed.test:{port}/ws HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, head, _) = read_response(&mut s).await;
+    assert_eq!(status, 101, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    s.write_all(b"ping over the upgraded connection")
+        .await
+        .unwrap();
+    let mut back = [0u8; 33];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping over the upgraded connection");
+    // Still counted as one active connection while the upgraded stream is open.
+    assert_eq!(h.metrics.active_connections.get(), 1);
+}

@@ -1,1 +1,0 @@
-//! Semantic validation of a deserialised [`crate::Policy`].
