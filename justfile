@@ -30,6 +30,10 @@ bench:
     cargo bench -p palisade-policy --bench matcher
     cargo test --release -p palisade-e2e --test l7 -- --ignored --nocapture bench
 
+# Gateway load benchmark: token refresh/issue and policy GET (wrk; JSON under target/bench/gateway.json).
+bench-gateway:
+    gateway/bench/run.sh
+
 # Regenerate the checked-in JSON Schema for policies.
 schema:
     UPDATE_SCHEMA=1 cargo test -q -p palisade-policy schema

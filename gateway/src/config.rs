@@ -28,6 +28,10 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 pub const DEFAULT_RATE_LIMIT_PER_SEC: f64 = 50.0;
 /// Requests a principal may burst above the sustained rate.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 100;
+/// Audience a projected ServiceAccount token must carry for `token:issue`.
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "palisade-gateway";
+/// Deadline for the Kubernetes API calls of one `token:issue`.
+pub const DEFAULT_KUBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest `?wait=` a long-poll may ask for.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(30);
 
@@ -46,15 +50,9 @@ pub struct ServeArgs {
     /// Directory for the database and signing keys [default: /var/lib/palisade].
     #[arg(long, env = "PALISADE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// PEM certificate chain for TLS.
-    #[arg(long, env = "PALISADE_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS.
-    #[arg(long, env = "PALISADE_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Require TLS client certificates signed by this CA (PEM).
-    #[arg(long, env = "PALISADE_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
+    /// TLS files (boxed to keep the CLI's command enum small).
+    #[command(flatten)]
+    pub tls: Box<TlsArgs>,
     /// Serve the API without TLS (local use only).
     #[arg(long, env = "PALISADE_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
@@ -98,9 +96,52 @@ pub struct ServeArgs {
     /// Burst allowed per principal above the sustained rate.
     #[arg(long, env = "PALISADE_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+    /// Kubernetes ServiceAccount authentication on token:issue.
+    #[command(flatten)]
+    pub kube: Box<KubeArgs>,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// The TLS flags of `palisade gateway serve` (boxed in [`ServeArgs`]).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "PALISADE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "PALISADE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS client certificates signed by this CA (PEM).
+    #[arg(long, env = "PALISADE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// The Kubernetes flags of `palisade gateway serve` (boxed in [`ServeArgs`]).
+#[derive(Debug, Clone, Default, Args)]
+pub struct KubeArgs {
+    /// kubeconfig for the TokenReview/Pod client [default: in-cluster config].
+    #[arg(long, env = "PALISADE_KUBE_CONFIG", value_name = "PATH")]
+    pub kube_config: Option<PathBuf>,
+    /// ServiceAccount whose projected tokens may call token:issue; enables
+    /// Kubernetes ServiceAccount authentication.
+    #[arg(long, env = "PALISADE_SANDBOX_SERVICE_ACCOUNT", value_name = "NAME")]
+    pub sandbox_service_account: Option<String>,
+    /// Namespaces in which that ServiceAccount is accepted (comma-separated).
+    #[arg(
+        long,
+        env = "PALISADE_SANDBOX_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NS,..."
+    )]
+    pub sandbox_namespaces: Vec<String>,
+    /// Audience ServiceAccount tokens must carry [default: palisade-gateway].
+    #[arg(long, env = "PALISADE_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+    /// Deadline for the Kubernetes API calls of one token:issue [default: 5s].
+    #[arg(long, env = "PALISADE_KUBE_TIMEOUT", value_parser = parse_duration)]
+    pub kube_timeout: Option<Duration>,
 }
 
 /// The YAML config file: every key optional, unknown keys refused.
@@ -127,6 +168,29 @@ pub struct FileConfig {
     pub max_concurrent_requests: Option<usize>,
     pub rate_limit_per_sec: Option<f64>,
     pub rate_limit_burst: Option<u32>,
+    pub kube_config: Option<PathBuf>,
+    pub sandbox_service_account: Option<String>,
+    pub sandbox_namespaces: Option<Vec<String>>,
+    pub token_audience: Option<String>,
+    pub kube_timeout: Option<String>,
+}
+
+/// Kubernetes ServiceAccount authentication on `token:issue`; present only
+/// when `--sandbox-service-account` is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct KubeAuthConfig {
+    /// `None`: in-cluster configuration.
+    pub kube_config: Option<PathBuf>,
+    pub service_account: String,
+    pub namespaces: Vec<String>,
+    pub audience: String,
+    #[serde(serialize_with = "ser_secs")]
+    pub timeout: Duration,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}s", d.as_secs()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -159,6 +223,8 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     pub rate_limit_per_sec: f64,
     pub rate_limit_burst: u32,
+    /// Kubernetes ServiceAccount tokens on `token:issue` (off when `None`).
+    pub kube: Option<KubeAuthConfig>,
 }
 
 /// `30s`, `15m`, `1h`, `2d`, or plain seconds.
@@ -195,6 +261,7 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let kube = resolve_kube(&args.kube, &file)?;
         let default_addr = |s: &str| -> anyhow::Result<SocketAddr> { Ok(s.parse()?) };
         let listen = match args.listen.or(file.listen) {
             Some(a) => a,
@@ -209,10 +276,10 @@ impl Config {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let cert = args.tls_cert.clone().or(file.tls_cert);
-        let key = args.tls_key.clone().or(file.tls_key);
+        let cert = args.tls.tls_cert.clone().or(file.tls_cert);
+        let key = args.tls.tls_key.clone().or(file.tls_key);
         let insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext == Some(true);
-        let client_ca = args.tls_client_ca.clone().or(file.tls_client_ca);
+        let client_ca = args.tls.tls_client_ca.clone().or(file.tls_client_ca);
         let tls = match (cert, key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,
@@ -345,6 +412,7 @@ impl Config {
             max_concurrent_requests,
             rate_limit_per_sec,
             rate_limit_burst,
+            kube,
         })
     }
 
@@ -372,6 +440,7 @@ impl Config {
             max_concurrent_requests: usize,
             rate_limit_per_sec: f64,
             rate_limit_burst: u32,
+            kubernetes: Option<&'a KubeAuthConfig>,
         }
         let secs = |d: Duration| format!("{}s", d.as_secs());
         let admin_token =
@@ -401,9 +470,71 @@ impl Config {
             max_concurrent_requests: self.max_concurrent_requests,
             rate_limit_per_sec: self.rate_limit_per_sec,
             rate_limit_burst: self.rate_limit_burst,
+            kubernetes: self.kube.as_ref(),
         };
         serde_yaml_ng::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+fn resolve_kube(args: &KubeArgs, file: &FileConfig) -> anyhow::Result<Option<KubeAuthConfig>> {
+    let kube_config = args.kube_config.clone().or(file.kube_config.clone());
+    let namespaces = if args.sandbox_namespaces.is_empty() {
+        file.sandbox_namespaces.clone().unwrap_or_default()
+    } else {
+        args.sandbox_namespaces.clone()
+    };
+    let namespaces: Vec<String> = namespaces
+        .into_iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let Some(service_account) = args
+        .sandbox_service_account
+        .clone()
+        .or(file.sandbox_service_account.clone())
+    else {
+        if kube_config.is_some() || !namespaces.is_empty() {
+            bail!(
+                "--kube-config/--sandbox-namespaces do nothing without --sandbox-service-account \
+                 NAME (the ServiceAccount sandbox pods run as)"
+            );
+        }
+        return Ok(None);
+    };
+    if !crate::handlers::valid_label(&service_account) {
+        bail!("--sandbox-service-account `{service_account}` is not a valid ServiceAccount name");
+    }
+    if namespaces.is_empty() {
+        bail!(
+            "--sandbox-service-account needs --sandbox-namespaces ns1,ns2 (the namespaces sandbox \
+             pods run in)"
+        );
+    }
+    if let Some(bad) = namespaces.iter().find(|n| !crate::handlers::valid_label(n)) {
+        bail!("--sandbox-namespaces: `{bad}` is not a valid namespace name");
+    }
+    let audience = args
+        .token_audience
+        .clone()
+        .or(file.token_audience.clone())
+        .unwrap_or_else(|| DEFAULT_TOKEN_AUDIENCE.to_owned());
+    if audience.is_empty() {
+        bail!("--token-audience must not be empty");
+    }
+    let timeout = args
+        .kube_timeout
+        .or(file_duration(file.kube_timeout.as_ref(), "kube-timeout")?)
+        .unwrap_or(DEFAULT_KUBE_TIMEOUT);
+    if timeout.is_zero() {
+        bail!("--kube-timeout must be at least 1s");
+    }
+    Ok(Some(KubeAuthConfig {
+        kube_config,
+        service_account,
+        namespaces,
+        audience,
+        timeout,
+    }))
 }
 
 #[cfg(test)]
@@ -469,5 +600,45 @@ mod tests {
         std::fs::write(&file, "listn: 1\n").unwrap();
         let e = Config::resolve(&args(&["--config", f])).unwrap_err();
         assert!(format!("{e:#}").contains("listn"), "{e:#}");
+    }
+
+    #[test]
+    fn kube_auth_needs_a_service_account_and_namespaces() {
+        let base = ["--insecure-plaintext", "--insecure-allow-anonymous"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            Config::resolve(&args(&v))
+        };
+        assert_eq!(with(&[]).unwrap().kube, None);
+        let e = with(&["--kube-config", "/k"]).unwrap_err();
+        assert!(e.to_string().contains("--sandbox-service-account"), "{e}");
+        let e = with(&["--sandbox-service-account", "sbx"]).unwrap_err();
+        assert!(e.to_string().contains("--sandbox-namespaces"), "{e}");
+        let e = with(&[
+            "--sandbox-service-account",
+            "Bad_SA",
+            "--sandbox-namespaces",
+            "a",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("not a valid"), "{e}");
+        let c = with(&[
+            "--sandbox-service-account",
+            "sbx",
+            "--sandbox-namespaces",
+            "a,b",
+            "--kube-timeout",
+            "2s",
+        ])
+        .unwrap();
+        let k = c.kube.clone().unwrap();
+        assert_eq!(k.namespaces, vec!["a", "b"]);
+        assert_eq!(k.audience, DEFAULT_TOKEN_AUDIENCE);
+        assert_eq!(k.timeout, Duration::from_secs(2));
+        assert_eq!(k.kube_config, None);
+        let shown = c.redacted_yaml();
+        assert!(shown.contains("service-account: sbx"), "{shown}");
+        assert!(shown.contains("timeout: 2s"), "{shown}");
     }
 }

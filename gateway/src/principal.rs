@@ -114,14 +114,33 @@ pub enum Principal {
         subject: String,
         namespaces: Vec<String>,
     },
-    /// A one-time bootstrap token, good only for `POST /v1/token:issue`.
+    /// A bootstrap credential, good only for `POST /v1/token:issue`: a
+    /// one-time token, or a reviewed Kubernetes ServiceAccount token of a
+    /// live pod annotated with this sandbox.
     Bootstrap {
         sandbox_id: SandboxId,
-        /// SHA-256 (hex) of the token, its key in the store.
-        token_hash: String,
+        credential: BootstrapCredential,
     },
     /// No credential. Holds scopes only with `--insecure-allow-anonymous`.
     Anonymous { insecure_allowed: bool },
+}
+
+/// What a [`Principal::Bootstrap`] presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapCredential {
+    /// A one-time `pbt_…` token; SHA-256 (hex) of the token, its key in the store.
+    OneTime { token_hash: String },
+    /// A Kubernetes ServiceAccount token, reviewed and bound to this pod.
+    ServiceAccount(PodIdentity),
+}
+
+/// The pod a reviewed ServiceAccount token was bound to (its UID checked
+/// against the live pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
 }
 
 /// The kind of a principal, without its data (route declarations, metrics).

@@ -319,7 +319,19 @@ mod tests {
             },
             Principal::Bootstrap {
                 sandbox_id: own.clone(),
-                token_hash: "h".into(),
+                credential: crate::principal::BootstrapCredential::OneTime {
+                    token_hash: "h".into(),
+                },
+            },
+            Principal::Bootstrap {
+                sandbox_id: own.clone(),
+                credential: crate::principal::BootstrapCredential::ServiceAccount(
+                    crate::principal::PodIdentity {
+                        namespace: "ns".into(),
+                        name: "pod".into(),
+                        uid: "uid".into(),
+                    },
+                ),
             },
             Principal::Anonymous {
                 insecure_allowed: false,

@@ -15,6 +15,8 @@ pub struct AppState {
     pub tokens: TokenService,
     pub metrics: Metrics,
     pub admin_token: Option<AdminToken>,
+    /// Kubernetes ServiceAccount tokens on `token:issue` (when configured).
+    pub kube: Option<crate::authn::kube::KubeAuthenticator>,
     /// The latest policy revision written; long-polls wait on it.
     pub policy_revision: tokio::sync::watch::Sender<u64>,
 }

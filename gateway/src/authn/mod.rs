@@ -4,7 +4,13 @@
 //! Authenticators, tried in order on a bearer credential:
 //! 1. the static admin token ([`admin_token`]) → `User{admin}`;
 //! 2. a one-time bootstrap token (`pbt_…`, looked up by hash) → `Bootstrap`;
-//! 3. a sandbox JWT ([`crate::tokens`]) whose sandbox still exists → `Sandbox`.
+//! 3. on `POST /v1/token:issue` only: a JWT that is not ours (no
+//!    `palisade-sandbox+jwt` typ) is a Kubernetes ServiceAccount token,
+//!    reviewed by [`kube`] → `Bootstrap` carrying the pod identity;
+//! 4. a sandbox JWT ([`crate::tokens`]) whose sandbox still exists → `Sandbox`.
+//!
+//! A ServiceAccount token on any other route reaches only step 4 and is
+//! refused there (its `alg`/`typ` are not ours) without any TokenReview.
 //!
 //! No header → `Anonymous` (which holds scopes only under
 //! `--insecure-allow-anonymous`). A credential that no authenticator accepts
@@ -12,37 +18,81 @@
 //! Must never: log a credential, or answer 5xx for a bad credential.
 
 pub mod admin_token;
+pub mod kube;
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::AUTHORIZATION;
-use palisade_api::BOOTSTRAP_TOKEN_PREFIX;
+use http::{HeaderMap, StatusCode};
+use palisade_api::{BOOTSTRAP_TOKEN_PREFIX, SANDBOX_TOKEN_TYP};
 use sha2::{Digest, Sha256};
 
 use tower::Layer;
 
 use crate::http::{ApiError, HttpService, Next, Request};
-use crate::principal::{Principal, Role};
+use crate::principal::{BootstrapCredential, Principal, Role};
+use crate::routes::RouteId;
 use crate::state::AppState;
 use crate::store::BootstrapLookup;
 
-/// A refusal: which authenticator, a bounded reason label, and the message.
+/// A refusal: which authenticator, a bounded reason label, the answer's
+/// status (401 unless said otherwise) and the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthFailure {
     pub authenticator: &'static str,
     pub reason: &'static str,
+    pub status: StatusCode,
     pub message: String,
 }
 
 impl AuthFailure {
     fn new(authenticator: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        let status = if reason == STORE_ERROR {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        Self::with_status(authenticator, reason, status, message)
+    }
+
+    pub fn with_status(
+        authenticator: &'static str,
+        reason: &'static str,
+        status: StatusCode,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             authenticator,
             reason,
+            status,
             message: message.into(),
         }
     }
+
+    fn into_api_error(self) -> ApiError {
+        match self.status {
+            StatusCode::FORBIDDEN => ApiError::forbidden(self.message),
+            // Not the caller's fault: 503 so that a sidecar retries instead
+            // of throwing its credential away.
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::unavailable(self.message),
+            _ => ApiError::unauthenticated(self.message),
+        }
+    }
+}
+
+/// Authenticator label of Kubernetes ServiceAccount tokens.
+pub const AUTHENTICATOR_KUBE: &str = "kubernetes";
+
+/// Whether a JWT-shaped token declares our sandbox token type.
+fn is_sandbox_jwt(token: &str) -> bool {
+    token
+        .split('.')
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+        .is_some_and(|h| h.get("typ").and_then(|t| t.as_str()) == Some(SANDBOX_TOKEN_TYP))
 }
 
 /// Reason label when the store, not the credential, failed (answered 503).
@@ -53,8 +103,14 @@ pub fn bootstrap_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Run the chain on one request's headers.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
+/// Run the chain on one request's headers; `token_issue` is whether the
+/// request is `POST /v1/token:issue` (the only route taking ServiceAccount
+/// tokens).
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    token_issue: bool,
+) -> Result<Principal, AuthFailure> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(Principal::Anonymous {
             insecure_allowed: state.config.insecure_allow_anonymous,
@@ -102,7 +158,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
         return match lookup {
             BootstrapLookup::Valid(rec) => Ok(Principal::Bootstrap {
                 sandbox_id: rec.sandbox_id,
-                token_hash: hash,
+                credential: BootstrapCredential::OneTime { token_hash: hash },
             }),
             BootstrapLookup::Expired => Err(AuthFailure::new(
                 "bootstrap",
@@ -117,7 +173,24 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
         };
     }
 
-    if token.bytes().filter(|b| *b == b'.').count() == 2 {
+    let jwt_shaped = token.bytes().filter(|b| *b == b'.').count() == 2;
+    if token_issue && jwt_shaped && !is_sandbox_jwt(token) {
+        let Some(kube) = &state.kube else {
+            return Err(AuthFailure::new(
+                AUTHENTICATOR_KUBE,
+                "not_configured",
+                "this gateway does not accept Kubernetes ServiceAccount tokens (start it with \
+                 --sandbox-service-account and --sandbox-namespaces); use a bootstrap token",
+            ));
+        };
+        let (sandbox_id, pod) = kube.authenticate(token, state.store.clone()).await?;
+        return Ok(Principal::Bootstrap {
+            sandbox_id,
+            credential: BootstrapCredential::ServiceAccount(pod),
+        });
+    }
+
+    if jwt_shaped {
         let now = crate::fsutil::now();
         let (id, claims) = state
             .tokens
@@ -163,7 +236,9 @@ pub fn layer(state: Arc<AppState>) -> impl Layer<HttpService, Service = HttpServ
     crate::http::from_fn(move |mut req: Request, next: Next| {
         let state = state.clone();
         async move {
-            match authenticate(&state, req.headers()).await {
+            let token_issue = crate::routes::match_route(req.method(), req.uri().path())
+                .is_ok_and(|m| m.route.id == RouteId::TokenIssue);
+            match authenticate(&state, req.headers(), token_issue).await {
                 Ok(principal) => {
                     tracing::Span::current().record("principal", principal.subject());
                     req.extensions_mut().insert(principal);
@@ -178,13 +253,7 @@ pub fn layer(state: Arc<AppState>) -> impl Layer<HttpService, Service = HttpServ
                         reason = failure.reason,
                         "credential refused"
                     );
-                    if failure.reason == STORE_ERROR {
-                        // Not the caller's fault: 503 so that a sidecar retries
-                        // instead of throwing its token away.
-                        ApiError::unavailable(failure.message).into_response()
-                    } else {
-                        ApiError::unauthenticated(failure.message).into_response()
-                    }
+                    failure.into_api_error().into_response()
                 }
             }
         }

@@ -1,13 +1,66 @@
-//! `POST /v1/token:issue` (one-time bootstrap token → sandbox JWT) and
-//! `POST /v1/token:refresh` (sandbox JWT → new sandbox JWT, new `jti`).
+//! `POST /v1/token:issue` (one-time bootstrap token, or a reviewed
+//! Kubernetes ServiceAccount token → sandbox JWT; the latter bound to the
+//! pod by a `pod_uid` claim) and `POST /v1/token:refresh` (sandbox JWT → new
+//! sandbox JWT, new `jti`).
 
 use http::StatusCode;
-use palisade_api::{TokenResponse, WorkloadTokenRequest, WorkloadTokenResponse};
+use jsonwebtoken::{Algorithm, Header};
+use palisade_api::{
+    SANDBOX_TOKEN_AUDIENCE, SANDBOX_TOKEN_TYP, TokenResponse, WorkloadTokenRequest,
+    WorkloadTokenResponse,
+};
 use palisade_policy::model::CredentialSource;
+use serde::Serialize;
 
 use super::{Ctx, HandlerResult};
 use crate::http::{ApiError, json};
-use crate::principal::{Principal, SandboxId};
+use crate::principal::{BootstrapCredential, PodIdentity, Principal, SandboxId};
+use crate::tokens::SandboxClaims;
+
+/// Claims of a sandbox JWT issued for a ServiceAccount token: the usual
+/// claims plus the UID of the pod the token was bound to.
+#[derive(Debug, Serialize)]
+struct PodBoundClaims<'a> {
+    #[serde(flatten)]
+    base: &'a SandboxClaims,
+    pod_uid: &'a str,
+}
+
+/// A sandbox JWT carrying `pod_uid`, signed by the active key.
+fn answer_pod_bound(ctx: &Ctx, id: &SandboxId, pod: &PodIdentity) -> HandlerResult {
+    let now = crate::fsutil::now();
+    let tokens = &ctx.state.tokens;
+    let claims = SandboxClaims {
+        iss: tokens.issuer().to_owned(),
+        sub: id.to_string(),
+        aud: SANDBOX_TOKEN_AUDIENCE.to_owned(),
+        sandbox_id: id.to_string(),
+        iat: now,
+        nbf: now,
+        exp: now + ctx.state.config.token_ttl.as_secs(),
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    let key = tokens.keys().active();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some(SANDBOX_TOKEN_TYP.to_owned());
+    header.kid = Some(key.kid().to_owned());
+    let bound = PodBoundClaims {
+        base: &claims,
+        pod_uid: &pod.uid,
+    };
+    let token = jsonwebtoken::encode(&header, &bound, key.encoding_key())
+        .map_err(|e| ApiError::internal(format!("cannot sign a token: {e}")))?;
+    Ok(json(
+        StatusCode::OK,
+        &TokenResponse {
+            token,
+            token_type: "Bearer".to_owned(),
+            sandbox_id: id.to_string(),
+            expires_at: claims.exp,
+            kid: key.kid().to_owned(),
+        },
+    ))
+}
 
 fn answer(ctx: &Ctx, id: &SandboxId) -> HandlerResult {
     let minted = ctx
@@ -28,10 +81,37 @@ fn answer(ctx: &Ctx, id: &SandboxId) -> HandlerResult {
 }
 
 pub async fn issue(ctx: &Ctx) -> HandlerResult {
-    let Principal::Bootstrap { token_hash, .. } = &ctx.principal else {
+    let Principal::Bootstrap {
+        sandbox_id,
+        credential,
+    } = &ctx.principal
+    else {
         return Err(ApiError::forbidden(
             "POST /v1/token:issue needs a bootstrap token",
         ));
+    };
+    let token_hash = match credential {
+        BootstrapCredential::OneTime { token_hash } => token_hash,
+        BootstrapCredential::ServiceAccount(pod) => {
+            // The authenticator checked the record; check again right before
+            // minting so that a sandbox deleted meanwhile gets no token.
+            let lookup = sandbox_id.clone();
+            if ctx.store(move |s| s.get_sandbox(&lookup)).await?.is_none() {
+                ctx.state
+                    .metrics
+                    .auth_failure(crate::authn::AUTHENTICATOR_KUBE, "unknown_sandbox");
+                return Err(ApiError::forbidden("the pod's sandbox no longer exists"));
+            }
+            let resp = answer_pod_bound(ctx, sandbox_id, pod)?;
+            ctx.state.metrics.tokens_issued.inc();
+            tracing::info!(
+                sandbox = %sandbox_id,
+                namespace = %pod.namespace,
+                pod = %pod.name,
+                "sandbox token issued for a ServiceAccount token"
+            );
+            return Ok(resp);
+        }
     };
     let hash = token_hash.clone();
     let now = crate::fsutil::now();

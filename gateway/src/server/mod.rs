@@ -65,6 +65,11 @@ pub fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         config.token_ttl.as_secs(),
         config.leeway.as_secs(),
     );
+    let kube = config
+        .kube
+        .clone()
+        .map(crate::authn::kube::KubeAuthenticator::load)
+        .transpose()?;
     let metrics = Metrics::new().context("cannot register metrics")?;
     let (policy_revision, _) = watch::channel(0);
     Ok(Arc::new(AppState {
@@ -73,6 +78,7 @@ pub fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         tokens,
         metrics,
         admin_token,
+        kube,
         policy_revision,
     }))
 }
