@@ -149,6 +149,37 @@ fn owner_returns(out: &mut String, chain: &str, cfg: &CaptureConfig, verb: &str)
     );
 }
 
+/// `RETURN` for the operator's excluded CIDRs and ports (tcp and udp), in nat and filter
+/// alike; `verb` finishes the comment ("excluded port is {verb}").
+fn exclusion_returns(
+    out: &mut String,
+    chain: &str,
+    cfg: &CaptureConfig,
+    family: Family,
+    verb: &str,
+) {
+    for net in excluded_cidrs(cfg, family) {
+        push_rule(
+            out,
+            chain,
+            &format!("-d {net}"),
+            &format!("excluded cidr is {verb}"),
+            "RETURN",
+        );
+    }
+    for port in &cfg.exclude_ports {
+        for proto in ["tcp", "udp"] {
+            push_rule(
+                out,
+                chain,
+                &format!("-p {proto} --dport {port}"),
+                &format!("excluded port is {verb}"),
+                "RETURN",
+            );
+        }
+    }
+}
+
 fn excluded_cidrs(cfg: &CaptureConfig, family: Family) -> Vec<String> {
     match family {
         Family::V4 => cfg.exclude_v4.iter().map(|n| n.to_string()).collect(),
@@ -159,26 +190,7 @@ fn excluded_cidrs(cfg: &CaptureConfig, family: Family) -> Vec<String> {
 fn nat_rules(out: &mut String, cfg: &CaptureConfig, family: Family) {
     let c = NAT_CHAIN;
     owner_returns(out, c, cfg, "captured");
-    for net in excluded_cidrs(cfg, family) {
-        push_rule(
-            out,
-            c,
-            &format!("-d {net}"),
-            "excluded cidr is not captured",
-            "RETURN",
-        );
-    }
-    for port in &cfg.exclude_ports {
-        for proto in ["tcp", "udp"] {
-            push_rule(
-                out,
-                c,
-                &format!("-p {proto} --dport {port}"),
-                "excluded port is not captured",
-                "RETURN",
-            );
-        }
-    }
+    exclusion_returns(out, c, cfg, family, "not captured");
     // DNS before the loopback exemption: a stub resolver on 127.0.0.53 is captured too.
     for proto in ["udp", "tcp"] {
         push_rule(
@@ -231,26 +243,7 @@ fn fence_rules(out: &mut String, cfg: &CaptureConfig, family: Family) {
             "RETURN",
         );
     }
-    for net in excluded_cidrs(cfg, family) {
-        push_rule(
-            out,
-            c,
-            &format!("-d {net}"),
-            "excluded cidr is allowed",
-            "RETURN",
-        );
-    }
-    for port in &cfg.exclude_ports {
-        for proto in ["tcp", "udp"] {
-            push_rule(
-                out,
-                c,
-                &format!("-p {proto} --dport {port}"),
-                "excluded port is allowed",
-                "RETURN",
-            );
-        }
-    }
+    exclusion_returns(out, c, cfg, family, "allowed");
     if let Some(port) = cfg.explicit_proxy_port {
         push_rule(
             out,
