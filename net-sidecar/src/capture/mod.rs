@@ -237,3 +237,29 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     };
     validate::run(&probe)
 }
+
+/// Fixtures shared by the rule-generation tests of both backends.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+pub(crate) mod test_support {
+    use super::config::{CaptureConfig, parse_cidr};
+
+    /// Default config plus an excluded port (22) and one excluded CIDR per family.
+    pub fn cfg() -> CaptureConfig {
+        CaptureConfig::new(
+            CaptureConfig::default(),
+            &[22],
+            &[
+                parse_cidr("10.0.0.0/8").unwrap(),
+                parse_cidr("fd00::/8").unwrap(),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Byte offset of `needle` in `text`, or a panic that shows the whole text.
+    pub fn pos(text: &str, needle: &str) -> usize {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
+    }
+}

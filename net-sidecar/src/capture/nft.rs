@@ -177,24 +177,7 @@ pub fn table_present(list_tables: &str) -> bool {
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
-    use crate::capture::config::parse_cidr;
-
-    fn cfg() -> CaptureConfig {
-        CaptureConfig::new(
-            CaptureConfig::default(),
-            &[22],
-            &[
-                parse_cidr("10.0.0.0/8").unwrap(),
-                parse_cidr("fd00::/8").unwrap(),
-            ],
-        )
-        .unwrap()
-    }
-
-    fn pos(text: &str, needle: &str) -> usize {
-        text.find(needle)
-            .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
-    }
+    use crate::capture::test_support::{cfg, pos};
 
     fn rule_lines(text: &str) -> Vec<&str> {
         text.lines()
