@@ -38,8 +38,7 @@ bench-gateway:
 schema:
     UPDATE_SCHEMA=1 cargo test -q -p palisade-policy schema
 
-# The main job: a local sandbox on the embedded default (lands with the local driver, issue 7).
+# The main job: `palisade up` + a sandbox + a local HTTPS echo upstream — an injected
+# credential the agent never sees, a denied host, a denied method, the metrics (root).
 up:
-    @echo "palisade up: the local driver is not built yet (issue 7). What runs today:" >&2
-    @echo "  cargo run -p palisade-gateway --bin palisade -- policy explain policies/examples/github-readonly.yaml --host api.github.com --port 443 --method GET --path /repos/x/y" >&2
-    @exit 1
+    scripts/demo

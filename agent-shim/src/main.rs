@@ -4,6 +4,7 @@
 //! ([`hardening`]), give an arbitrary UID a usable identity ([`identity`]), wait for the
 //! sidecar ([`ready`]), build the agent's environment ([`environment`]), then run the
 //! workload as PID 1 ([`supervise`]) and tell the sidecar how it ended ([`exit_file`]).
+//! Meanwhile it serves `palisade sandbox exec` sessions to the sidecar ([`session`]).
 //! Flags, exit codes and environment are documented in `docs/shim.md`.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ mod exit_file;
 mod hardening;
 mod identity;
 mod ready;
+mod session;
 mod supervise;
 
 use std::ffi::OsString;
@@ -94,6 +96,24 @@ struct Cli {
     /// Where to write the workload's exit status for the sidecar.
     #[arg(long, env = "PALISADE_EXIT_FILE", default_value = DEFAULT_EXIT_FILE)]
     exit_file: PathBuf,
+    /// Unix socket the sidecar opens exec sessions on (created mode 0666; only
+    /// --sidecar-uid may use it).
+    #[arg(long, env = "PALISADE_SESSION_SOCKET", default_value = session::DEFAULT_SESSION_SOCKET)]
+    session_socket: PathBuf,
+    /// UID of the sidecar: the only peer accepted on the session socket.
+    #[arg(long, env = "PALISADE_SIDECAR_UID", default_value_t = session::DEFAULT_SIDECAR_UID)]
+    sidecar_uid: u32,
+    /// Most sessions running at once (1-1024); more are refused.
+    #[arg(
+        long,
+        env = "PALISADE_MAX_SESSIONS",
+        default_value_t = session::DEFAULT_MAX_SESSIONS,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    max_sessions: u32,
+    /// Do not serve sessions (`palisade sandbox exec` will not reach this sandbox).
+    #[arg(long, env = "PALISADE_NO_SESSIONS")]
+    no_sessions: bool,
     /// Only print warnings and errors.
     #[arg(long, short, env = "PALISADE_QUIET")]
     quiet: bool,
@@ -118,9 +138,16 @@ fn fail(code: i32, message: impl Into<String>) -> Failure {
 
 fn main() {
     let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == supervise::EXEC_CHILD_FLAG) {
-        let command: Vec<OsString> = args.collect();
-        std::process::exit(supervise::exec_child(&command));
+    match args.nth(1) {
+        Some(a) if a == supervise::EXEC_CHILD_FLAG => {
+            let command: Vec<OsString> = args.collect();
+            std::process::exit(supervise::exec_child(&command));
+        }
+        Some(a) if a == session::SESSION_CHILD_FLAG => {
+            let rest: Vec<OsString> = args.collect();
+            std::process::exit(session::session_child(&rest));
+        }
+        _ => {}
     }
     // The shim's own environment still holds the variables scrubbed from the agent's;
     // non-dumpable makes /proc/<shim>/environ unreadable to the agent (same UID).
@@ -230,8 +257,26 @@ fn run(cli: &Cli) -> Result<i32, Failure> {
         );
     }
 
-    // 5. Run.
+    // 5. Sessions, with the workload's environment; their children's statuses are
+    // delivered by the supervisor's reaper.
+    let waiters = supervise::Waiters::default();
+    if cli.no_sessions {
+        info!("--no-sessions: not serving exec sessions");
+    } else {
+        let config = session::Config {
+            socket: cli.session_socket.clone(),
+            sidecar_uid: cli.sidecar_uid,
+            max_sessions: cli.max_sessions,
+        };
+        if let Err(e) = session::start(config, env.clone(), waiters.clone()) {
+            warning!(
+                "exec sessions are disabled: {e:#}; `palisade sandbox exec` will not reach this sandbox"
+            );
+        }
+    }
+
+    // 6. Run.
     supervisor
-        .run(&cli.command, &env)
+        .run(&cli.command, &env, &waiters)
         .map_err(|e| fail(e.code, e.message))
 }

@@ -7,11 +7,19 @@
 //! `128+signal`). Must never: exit before the workload did, or leave a zombie it was
 //! told about. Signals are taken synchronously through a `signalfd`, so no signal
 //! handler (and no unsafe code) is needed.
+//!
+//! The reaper owns every `waitpid`: other children of the shim (session commands) are
+//! spawned through [`Waiters::spawn`], which registers their pid before the reaper can
+//! collect them, and the reaper hands their status to the registered waiter instead of
+//! swallowing it.
+
+use std::collections::HashMap;
 
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -19,6 +27,7 @@ use nix::sys::signal::{SigSet, Signal, killpg};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use tokio::sync::oneshot;
 
 use crate::environment::Env;
 use crate::log::warning;
@@ -72,7 +81,7 @@ pub fn exec_child(command: &[OsString]) -> i32 {
     e.code
 }
 
-fn spawn_error(program: &OsString, e: &std::io::Error) -> SpawnError {
+pub(crate) fn spawn_error(program: &OsString, e: &std::io::Error) -> SpawnError {
     let shown = program.to_string_lossy();
     match e.kind() {
         ErrorKind::NotFound => SpawnError {
@@ -107,6 +116,52 @@ pub fn exit_code(status: WaitStatus) -> Option<i32> {
         WaitStatus::Exited(_, code) => Some(code),
         WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
         _ => None,
+    }
+}
+
+/// Children other than the workload whose exit status someone waits for, by pid.
+/// Cloning shares the registry.
+#[derive(Debug, Clone, Default)]
+pub struct Waiters {
+    inner: Arc<Mutex<HashMap<i32, oneshot::Sender<WaitStatus>>>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<WaitStatus>>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Run `start` (which spawns one child and returns its pid) with the registry
+    /// locked, and register the pid before unlocking: the reaper, which takes the same
+    /// lock to deliver a status, cannot collect the child before its waiter exists.
+    /// File descriptors that must not leak into other children can be created inside
+    /// `start` as well, since every spawn of the shim goes through this lock.
+    pub fn spawn<T>(
+        &self,
+        start: impl FnOnce() -> std::io::Result<(Pid, T)>,
+    ) -> std::io::Result<(Pid, T, oneshot::Receiver<WaitStatus>)> {
+        let mut registry = self.lock();
+        let (pid, value) = start()?;
+        let (tx, rx) = oneshot::channel();
+        registry.insert(pid.as_raw(), tx);
+        Ok((pid, value, rx))
+    }
+
+    /// Run `f` holding the spawn lock without registering anything (the workload).
+    fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _registry = self.lock();
+        f()
+    }
+
+    /// Hand a reaped child's status to its waiter, if it has one.
+    fn deliver(&self, status: WaitStatus) {
+        let Some(pid) = status.pid() else {
+            return;
+        };
+        if let Some(tx) = self.lock().remove(&pid.as_raw()) {
+            // The waiter may be gone (session ended early); nothing to do then.
+            let _ = tx.send(status);
+        }
     }
 }
 
@@ -151,8 +206,14 @@ impl Supervisor {
         }
     }
 
-    /// Spawn `command` and supervise it until it exits; returns its exit code.
-    pub fn run(self, command: &[OsString], env: &Env) -> Result<i32, SpawnError> {
+    /// Spawn `command` and supervise it until it exits; returns its exit code. Other
+    /// children's statuses go to their `waiters`.
+    pub fn run(
+        self,
+        command: &[OsString],
+        env: &Env,
+        waiters: &Waiters,
+    ) -> Result<i32, SpawnError> {
         let (program, args) = command.split_first().ok_or_else(|| SpawnError {
             code: EXIT_NOT_FOUND,
             message: "no command given; usage: palisade-shim [flags] -- CMD ARGS…".into(),
@@ -160,14 +221,17 @@ impl Supervisor {
         // The workload is started through `palisade-shim <EXEC_CHILD_FLAG> CMD…`, which
         // clears the blocked-signal mask inherited from us and then execs CMD (same pid,
         // same process group); std's spawn keeps the mask, and no safe pre-exec hook exists.
-        let child = Command::new(SELF_EXE)
-            .arg(EXEC_CHILD_FLAG)
-            .arg(program)
-            .args(args)
-            .env_clear()
-            .envs(env)
-            .process_group(0)
-            .spawn()
+        let child = waiters
+            .exclusive(|| {
+                Command::new(SELF_EXE)
+                    .arg(EXEC_CHILD_FLAG)
+                    .arg(program)
+                    .args(args)
+                    .env_clear()
+                    .envs(env)
+                    .process_group(0)
+                    .spawn()
+            })
             .map_err(|e| SpawnError {
                 code: EXIT_SHIM_ERROR,
                 message: format!("cannot start the workload through {SELF_EXE}: {e}"),
@@ -175,10 +239,10 @@ impl Supervisor {
         let pid = Pid::from_raw(child.id() as i32);
         // `child` is never waited on through std: the reaping loop below collects it.
         drop(child);
-        Ok(self.supervise(pid))
+        Ok(self.supervise(pid, waiters))
     }
 
-    fn supervise(self, pid: Pid) -> i32 {
+    fn supervise(self, pid: Pid, waiters: &Waiters) -> i32 {
         loop {
             let info = match self.signals.read_signal() {
                 Ok(Some(info)) => info,
@@ -195,9 +259,9 @@ impl Supervisor {
                 continue;
             };
             if sig == Signal::SIGCHLD {
-                if let Some(code) = reap(pid) {
+                if let Some(code) = reap(pid, waiters) {
                     // Collect whatever else already exited, then report.
-                    let _ = reap(pid);
+                    let _ = reap(pid, waiters);
                     return code;
                 }
                 continue;
@@ -211,16 +275,19 @@ impl Supervisor {
 }
 
 /// Reap every exited child; returns the workload's exit code if it was among them.
-fn reap(workload: Pid) -> Option<i32> {
+/// Statuses of registered children go to their waiters.
+fn reap(workload: Pid, waiters: &Waiters) -> Option<i32> {
     let mut result = None;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return result,
             Ok(status) => {
-                if status.pid() == Some(workload)
-                    && let Some(code) = exit_code(status)
-                {
-                    result = Some(code);
+                if status.pid() == Some(workload) {
+                    if let Some(code) = exit_code(status) {
+                        result = Some(code);
+                    }
+                } else {
+                    waiters.deliver(status);
                 }
             }
             Err(Errno::EINTR) => {}
@@ -252,6 +319,26 @@ fn wait_blocking(pid: Pid) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiters_get_their_child_status_and_others_are_ignored() {
+        let waiters = Waiters::default();
+        let (pid, value, mut rx) = waiters
+            .spawn(|| Ok((Pid::from_raw(4242), "started")))
+            .unwrap();
+        assert_eq!((pid.as_raw(), value), (4242, "started"));
+        // A status for an unregistered pid (an orphan) goes nowhere.
+        waiters.deliver(WaitStatus::Exited(Pid::from_raw(7), 0));
+        assert!(rx.try_recv().is_err());
+        waiters.deliver(WaitStatus::Exited(pid, 5));
+        assert_eq!(rx.try_recv().unwrap(), WaitStatus::Exited(pid, 5));
+        // Delivered once: the registration is gone.
+        assert!(waiters.lock().is_empty());
+        // A failed spawn registers nothing.
+        let failed = waiters.spawn::<()>(|| Err(std::io::Error::other("no")));
+        assert!(failed.is_err());
+        assert!(waiters.lock().is_empty());
+    }
 
     #[test]
     fn codes() {

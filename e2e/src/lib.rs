@@ -20,9 +20,11 @@
 
 pub mod bins;
 pub mod netns;
+pub mod oauth;
 pub mod prereq;
 pub mod process;
 pub mod servers;
+pub mod spiffe;
 pub mod topology;
 
 pub use bins::{sidecar_argv, sidecar_bin, workspace_bin};

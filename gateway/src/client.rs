@@ -148,6 +148,88 @@ impl GatewayClient {
     }
 }
 
+/// A byte stream to the gateway, plaintext or TLS (for protocol upgrades).
+pub trait UpgradeIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> UpgradeIo for T {}
+
+impl GatewayClient {
+    /// Send a bodiless request that switches protocols (`Connection: upgrade`,
+    /// `Upgrade: protocol`), e.g. `POST /v1/sandboxes/{id}/exec`. `Ok(Ok(stream))`
+    /// after `101 Switching Protocols`; `Ok(Err(answer))` for any other answer.
+    pub async fn upgrade(
+        &self,
+        method: Method,
+        path: &str,
+        protocol: &str,
+    ) -> anyhow::Result<Result<hyper::upgrade::Upgraded, Answer>> {
+        let host = self.base.host().context("gateway URL has no host")?;
+        let host = host.trim_matches(['[', ']']);
+        let port = self
+            .base
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let authority = self
+            .base
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| host.to_owned());
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, authority)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, protocol);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .context("invalid request")?;
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .with_context(|| format!("cannot connect to the gateway at {}", self.base))?;
+        let io: Box<dyn UpgradeIo> = match &self.tls {
+            None => Box::new(tcp),
+            Some(connector) => {
+                let name = ServerName::try_from(host.to_owned())
+                    .context("gateway host is not a valid TLS name")?;
+                Box::new(
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .with_context(|| format!("TLS handshake with {} failed", self.base))?,
+                )
+            }
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .context("HTTP handshake with the gateway failed")?;
+        // Drives the connection until the upgrade hands the stream over.
+        tokio::spawn(conn.with_upgrades());
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("the gateway closed the connection")?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .context("reading the gateway's answer failed")?
+                .to_bytes();
+            return Ok(Err(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            }));
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .context("the gateway switched protocols but the upgrade failed")?;
+        Ok(Ok(upgraded))
+    }
+}
+
 async fn exchange<IO>(io: IO, req: http::Request<Full<Bytes>>) -> anyhow::Result<Answer>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

@@ -96,9 +96,21 @@ pub struct ServeArgs {
     /// Burst allowed per principal above the sustained rate.
     #[arg(long, env = "PALISADE_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+    /// Exec sessions open at once per sandbox; more get 429 [default: 4].
+    #[arg(long, env = "PALISADE_EXEC_MAX_PER_SANDBOX")]
+    pub exec_max_per_sandbox: Option<usize>,
+    /// Close an exec session with no traffic either way for this long [default: 15m].
+    #[arg(long, env = "PALISADE_EXEC_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub exec_idle_timeout: Option<Duration>,
+    /// Close any exec session this old [default: 8h].
+    #[arg(long, env = "PALISADE_EXEC_MAX_DURATION", value_parser = parse_duration)]
+    pub exec_max_duration: Option<Duration>,
     /// Kubernetes ServiceAccount authentication on token:issue.
     #[command(flatten)]
     pub kube: Box<KubeArgs>,
+    /// OIDC user/platform bearer tokens.
+    #[command(flatten)]
+    pub oidc: Box<OidcArgs>,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -173,6 +185,11 @@ pub struct FileConfig {
     pub sandbox_namespaces: Option<Vec<String>>,
     pub token_audience: Option<String>,
     pub kube_timeout: Option<String>,
+    pub exec_max_per_sandbox: Option<usize>,
+    pub exec_idle_timeout: Option<String>,
+    pub exec_max_duration: Option<String>,
+    /// OIDC user/platform tokens (a nested map; see [`OidcFileConfig`]).
+    pub oidc: Option<OidcFileConfig>,
 }
 
 /// Kubernetes ServiceAccount authentication on `token:issue`; present only
@@ -225,6 +242,12 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// Kubernetes ServiceAccount tokens on `token:issue` (off when `None`).
     pub kube: Option<KubeAuthConfig>,
+    /// OIDC user/platform bearer tokens (off when `None`).
+    pub oidc: Option<OidcConfig>,
+    /// Sidecar sessions and exec relays.
+    pub sessions: crate::sessions::SessionLimits,
+    /// Sandbox lifecycle driver; set by `palisade up` (no flag of `gateway serve`).
+    pub driver: Option<crate::driver::LocalDriverConfig>,
 }
 
 /// `30s`, `15m`, `1h`, `2d`, or plain seconds.
@@ -262,6 +285,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let kube = resolve_kube(&args.kube, &file)?;
+        let oidc = resolve_oidc(&args.oidc, file.oidc.as_ref())?;
         let default_addr = |s: &str| -> anyhow::Result<SocketAddr> { Ok(s.parse()?) };
         let listen = match args.listen.or(file.listen) {
             Some(a) => a,
@@ -299,10 +323,11 @@ impl Config {
         let admin_token_file = args.admin_token_file.clone().or(file.admin_token_file);
         let insecure_allow_anonymous =
             args.insecure_allow_anonymous || file.insecure_allow_anonymous == Some(true);
-        if admin_token_file.is_none() && !insecure_allow_anonymous {
+        if admin_token_file.is_none() && oidc.is_none() && !insecure_allow_anonymous {
             bail!(
                 "no operator authentication is configured: give --admin-token-file FILE (a 0600 \
-                 file holding a random token), or --insecure-allow-anonymous for local use"
+                 file holding a random token) or --oidc-issuer URL (with its JWKS), or \
+                 --insecure-allow-anonymous for local use"
             );
         }
         let issuer = match args.issuer.clone().or(file.issuer) {
@@ -391,6 +416,17 @@ impl Config {
         if header_read_timeout.is_zero() {
             bail!("--header-read-timeout must be at least 1s");
         }
+        let sessions = crate::sessions::SessionLimits::resolve(
+            args.exec_max_per_sandbox.or(file.exec_max_per_sandbox),
+            args.exec_idle_timeout.or(file_duration(
+                file.exec_idle_timeout.as_ref(),
+                "exec-idle-timeout",
+            )?),
+            args.exec_max_duration.or(file_duration(
+                file.exec_max_duration.as_ref(),
+                "exec-max-duration",
+            )?),
+        )?;
         if max_body_bytes == 0 || max_concurrent_requests == 0 {
             bail!("--max-body-bytes and --max-concurrent-requests must be positive");
         }
@@ -413,6 +449,9 @@ impl Config {
             rate_limit_per_sec,
             rate_limit_burst,
             kube,
+            oidc,
+            sessions,
+            driver: None,
         })
     }
 
@@ -441,6 +480,7 @@ impl Config {
             rate_limit_per_sec: f64,
             rate_limit_burst: u32,
             kubernetes: Option<&'a KubeAuthConfig>,
+            oidc: Option<&'a OidcConfig>,
         }
         let secs = |d: Duration| format!("{}s", d.as_secs());
         let admin_token =
@@ -471,9 +511,265 @@ impl Config {
             rate_limit_per_sec: self.rate_limit_per_sec,
             rate_limit_burst: self.rate_limit_burst,
             kubernetes: self.kube.as_ref(),
+            oidc: self.oidc.as_ref(),
         };
         serde_yaml_ng::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// Default age after which the OIDC JWKS is fetched again.
+pub const DEFAULT_OIDC_JWKS_REFRESH: Duration = Duration::from_secs(5 * 60);
+/// Default minimum gap between JWKS fetches triggered by unknown `kid`s.
+pub const DEFAULT_OIDC_JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+/// Default deadline of one JWKS fetch.
+pub const DEFAULT_OIDC_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The OIDC flags of `palisade gateway serve` (boxed in [`ServeArgs`]).
+#[derive(Debug, Clone, Default, Args)]
+pub struct OidcArgs {
+    /// OIDC issuer whose bearer tokens identify users (exact `iss`); enables OIDC.
+    #[arg(long, env = "PALISADE_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+    /// Audience OIDC tokens must carry (exact `aud`).
+    #[arg(long, env = "PALISADE_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// HTTPS URL of the issuer's JWKS (fetched, cached, refreshed).
+    #[arg(long, env = "PALISADE_OIDC_JWKS_URL", value_name = "URL")]
+    pub oidc_jwks_url: Option<String>,
+    /// Extra CA (PEM) to trust for the JWKS URL [default: the web PKI roots].
+    #[arg(long, env = "PALISADE_OIDC_JWKS_CA_FILE", value_name = "FILE")]
+    pub oidc_jwks_ca_file: Option<PathBuf>,
+    /// Static JWKS JSON or PEM public key file, instead of --oidc-jwks-url.
+    #[arg(long, env = "PALISADE_OIDC_JWKS_FILE", value_name = "FILE")]
+    pub oidc_jwks_file: Option<PathBuf>,
+    /// Fetch the JWKS again when it is this old [default: 5m].
+    #[arg(long, env = "PALISADE_OIDC_JWKS_REFRESH_INTERVAL", value_parser = parse_duration)]
+    pub oidc_jwks_refresh_interval: Option<Duration>,
+    /// Least time between fetches caused by unknown key ids [default: 30s].
+    #[arg(long, env = "PALISADE_OIDC_JWKS_MIN_REFRESH_INTERVAL", value_parser = parse_duration)]
+    pub oidc_jwks_min_refresh_interval: Option<Duration>,
+    /// Deadline of one JWKS fetch [default: 5s].
+    #[arg(long, env = "PALISADE_OIDC_FETCH_TIMEOUT", value_parser = parse_duration)]
+    pub oidc_fetch_timeout: Option<Duration>,
+    /// Principal OIDC tokens become: `user` (roles) or `platform` (namespaces) [default: user].
+    #[arg(long, env = "PALISADE_OIDC_PRINCIPAL", value_name = "user|platform")]
+    pub oidc_principal: Option<OidcPrincipalKind>,
+    /// Claim holding the subject [default: sub].
+    #[arg(long, env = "PALISADE_OIDC_SUBJECT_CLAIM")]
+    pub oidc_subject_claim: Option<String>,
+    /// Claim whose values are role names (admin, editor, viewer).
+    #[arg(long, env = "PALISADE_OIDC_ROLES_CLAIM")]
+    pub oidc_roles_claim: Option<String>,
+    /// Claim holding group names [default: groups].
+    #[arg(long, env = "PALISADE_OIDC_GROUPS_CLAIM")]
+    pub oidc_groups_claim: Option<String>,
+    /// GROUP=ROLE: members of GROUP get ROLE (repeat, or comma-separate).
+    #[arg(
+        long,
+        env = "PALISADE_OIDC_GROUP_ROLES",
+        value_delimiter = ',',
+        value_name = "GROUP=ROLE,..."
+    )]
+    pub oidc_group_role: Vec<String>,
+    /// Claim holding a platform principal's namespaces [default: namespaces].
+    #[arg(long, env = "PALISADE_OIDC_NAMESPACES_CLAIM")]
+    pub oidc_namespaces_claim: Option<String>,
+}
+
+/// The `oidc:` map of the YAML config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct OidcFileConfig {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_ca_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_refresh_interval: Option<String>,
+    pub jwks_min_refresh_interval: Option<String>,
+    pub fetch_timeout: Option<String>,
+    pub principal: Option<OidcPrincipalKind>,
+    pub subject_claim: Option<String>,
+    pub roles_claim: Option<String>,
+    pub groups_claim: Option<String>,
+    pub group_roles: Option<std::collections::BTreeMap<String, Vec<crate::principal::Role>>>,
+    pub namespaces_claim: Option<String>,
+}
+
+/// What OIDC tokens become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OidcPrincipalKind {
+    /// `Principal::User` with mapped roles.
+    User,
+    /// `Principal::Platform` limited to the namespaces in a claim.
+    Platform,
+}
+
+/// Where the OIDC issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JwksSource {
+    Url {
+        url: String,
+        ca_file: Option<PathBuf>,
+    },
+    File(PathBuf),
+}
+
+/// OIDC user/platform tokens; present only when `--oidc-issuer` is given.
+/// Nothing here is secret (no client secret is involved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: JwksSource,
+    #[serde(serialize_with = "ser_secs")]
+    pub refresh_interval: Duration,
+    #[serde(serialize_with = "ser_secs")]
+    pub min_refresh_interval: Duration,
+    #[serde(serialize_with = "ser_secs")]
+    pub fetch_timeout: Duration,
+    pub principal: OidcPrincipalKind,
+    pub subject_claim: String,
+    pub roles_claim: Option<String>,
+    pub groups_claim: String,
+    pub group_roles: std::collections::BTreeMap<String, Vec<crate::principal::Role>>,
+    pub namespaces_claim: String,
+}
+
+fn resolve_oidc(
+    args: &OidcArgs,
+    file: Option<&OidcFileConfig>,
+) -> anyhow::Result<Option<OidcConfig>> {
+    let empty = OidcFileConfig::default();
+    let file = file.unwrap_or(&empty);
+    let Some(issuer) = args.oidc_issuer.clone().or(file.issuer.clone()) else {
+        if args.oidc_audience.is_some()
+            || args.oidc_jwks_url.is_some()
+            || args.oidc_jwks_file.is_some()
+            || file.audience.is_some()
+            || file.jwks_url.is_some()
+            || file.jwks_file.is_some()
+        {
+            bail!("the --oidc-* settings do nothing without --oidc-issuer URL");
+        }
+        return Ok(None);
+    };
+    if issuer.trim().is_empty() {
+        bail!("--oidc-issuer must not be empty");
+    }
+    let Some(audience) = args.oidc_audience.clone().or(file.audience.clone()) else {
+        bail!(
+            "--oidc-issuer needs --oidc-audience (the `aud` your IdP puts in tokens for Palisade)"
+        );
+    };
+    if audience.is_empty() {
+        bail!("--oidc-audience must not be empty");
+    }
+    let url = args.oidc_jwks_url.clone().or(file.jwks_url.clone());
+    let ca_file = args.oidc_jwks_ca_file.clone().or(file.jwks_ca_file.clone());
+    let key_file = args.oidc_jwks_file.clone().or(file.jwks_file.clone());
+    let jwks = match (url, key_file) {
+        (Some(url), None) => {
+            if !url.starts_with("https://") {
+                bail!("--oidc-jwks-url `{url}` must be an https:// URL");
+            }
+            if url
+                .parse::<http::Uri>()
+                .map(|u| u.host().is_none())
+                .unwrap_or(true)
+            {
+                bail!("--oidc-jwks-url `{url}` is not a valid URL");
+            }
+            JwksSource::Url { url, ca_file }
+        }
+        (None, Some(path)) => {
+            if ca_file.is_some() {
+                bail!("--oidc-jwks-ca-file is for --oidc-jwks-url; a key file needs no CA");
+            }
+            JwksSource::File(path)
+        }
+        (Some(_), Some(_)) => bail!("give --oidc-jwks-url or --oidc-jwks-file, not both"),
+        (None, None) => bail!(
+            "--oidc-issuer needs its keys: --oidc-jwks-url https://… or --oidc-jwks-file FILE"
+        ),
+    };
+    let refresh_interval = args
+        .oidc_jwks_refresh_interval
+        .or(file_duration(
+            file.jwks_refresh_interval.as_ref(),
+            "oidc.jwks-refresh-interval",
+        )?)
+        .unwrap_or(DEFAULT_OIDC_JWKS_REFRESH);
+    let min_refresh_interval = args
+        .oidc_jwks_min_refresh_interval
+        .or(file_duration(
+            file.jwks_min_refresh_interval.as_ref(),
+            "oidc.jwks-min-refresh-interval",
+        )?)
+        .unwrap_or(DEFAULT_OIDC_JWKS_MIN_REFRESH);
+    let fetch_timeout = args
+        .oidc_fetch_timeout
+        .or(file_duration(
+            file.fetch_timeout.as_ref(),
+            "oidc.fetch-timeout",
+        )?)
+        .unwrap_or(DEFAULT_OIDC_FETCH_TIMEOUT);
+    if refresh_interval.is_zero() || fetch_timeout.is_zero() {
+        bail!("--oidc-jwks-refresh-interval and --oidc-fetch-timeout must be at least 1s");
+    }
+    if min_refresh_interval > refresh_interval {
+        bail!("--oidc-jwks-min-refresh-interval must not exceed --oidc-jwks-refresh-interval");
+    }
+    let mut group_roles = file.group_roles.clone().unwrap_or_default();
+    if !args.oidc_group_role.is_empty() {
+        group_roles.clear();
+        for pair in &args.oidc_group_role {
+            let Some((group, role)) = pair.split_once('=') else {
+                bail!(
+                    "--oidc-group-role `{pair}`: write GROUP=ROLE (role: admin, editor or viewer)"
+                );
+            };
+            let role: crate::principal::Role = serde_json::from_value(serde_json::Value::String(
+                role.trim().to_owned(),
+            ))
+            .map_err(|_| {
+                anyhow::anyhow!("--oidc-group-role `{pair}`: role must be admin, editor or viewer")
+            })?;
+            group_roles
+                .entry(group.trim().to_owned())
+                .or_default()
+                .push(role);
+        }
+    }
+    let claim = |flag: &Option<String>, file: &Option<String>, default: &str| {
+        flag.clone()
+            .or(file.clone())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    Ok(Some(OidcConfig {
+        issuer,
+        audience,
+        jwks,
+        refresh_interval,
+        min_refresh_interval,
+        fetch_timeout,
+        principal: args
+            .oidc_principal
+            .or(file.principal)
+            .unwrap_or(OidcPrincipalKind::User),
+        subject_claim: claim(&args.oidc_subject_claim, &file.subject_claim, "sub"),
+        roles_claim: args.oidc_roles_claim.clone().or(file.roles_claim.clone()),
+        groups_claim: claim(&args.oidc_groups_claim, &file.groups_claim, "groups"),
+        group_roles,
+        namespaces_claim: claim(
+            &args.oidc_namespaces_claim,
+            &file.namespaces_claim,
+            "namespaces",
+        ),
+    }))
 }
 
 fn resolve_kube(args: &KubeArgs, file: &FileConfig) -> anyhow::Result<Option<KubeAuthConfig>> {

@@ -21,8 +21,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Body of a request as the stack sees it.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type Request = http::Request<Body>;
-/// Every answer is buffered: the API has no streaming responses.
-pub type Response = http::Response<Full<Bytes>>;
+/// Body of an answer: buffered for almost every route ([`full`]); the
+/// session stream is the one streaming answer.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type Response = http::Response<ResponseBody>;
 /// The type every layer wraps and produces.
 pub type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
 
@@ -106,11 +108,18 @@ pub fn empty_body() -> Body {
     boxed(Full::new(Bytes::new()).map_err(|never| match never {}))
 }
 
+/// A buffered answer body.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// A JSON answer.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(bytes) => {
-            let mut resp = http::Response::new(Full::new(Bytes::from(bytes)));
+            let mut resp = http::Response::new(full(bytes));
             *resp.status_mut() = status;
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -129,6 +138,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub reason: String,
+    /// The `Allow` header of a 405: the methods the path supports.
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -137,7 +148,13 @@ impl ApiError {
             status,
             code,
             reason: reason.into(),
+            allow: None,
         }
+    }
+    /// A 405 naming the methods the path supports (`GET, DELETE`).
+    pub fn with_allow(mut self, methods: impl Into<String>) -> Self {
+        self.allow = Some(methods.into());
+        self
     }
     pub fn bad_request(code: &'static str, reason: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, reason)
@@ -176,6 +193,13 @@ impl ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(allow) = self
+            .allow
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            resp.headers_mut().insert(header::ALLOW, allow);
         }
         resp
     }

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use jsonwebtoken::{DecodingKey, EncodingKey};
-use palisade_api::KeyInfo;
+use palisade_api::{KeyInfo, SANDBOX_TOKEN_TYP, WORKLOAD_TOKEN_TYP};
 use sha2::{Digest, Sha256};
 
 use crate::store::{KeyMeta, Store, StoreError};
@@ -40,9 +40,20 @@ pub enum KeyError {
 }
 
 /// One key: its public half for verification, and its private half for signing.
+///
+/// Everything a sign or a verify needs is parsed once, here, when the key is
+/// loaded or created: the expanded Ed25519 signing key, the decompressed
+/// verifying key, and the base64url JOSE headers of both token types. The
+/// hot path never re-parses a PEM/DER key (jsonwebtoken's RustCrypto backend
+/// does, on every call; its keys are kept for interop tests only).
 pub struct KeyEntry {
     pub meta: KeyMeta,
-    public: [u8; 32],
+    signing: SigningKey,
+    verifying: VerifyingKey,
+    /// `base64url({"alg":"EdDSA","typ":"palisade-sandbox+jwt","kid":…})`.
+    sandbox_header: String,
+    /// The same for `palisade-workload+jwt`.
+    workload_header: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
@@ -55,29 +66,76 @@ impl std::fmt::Debug for KeyEntry {
     }
 }
 
+/// The encoded JOSE header of a token of type `typ` signed by `kid`.
+fn encoded_header(typ: &str, kid: &str) -> String {
+    let header = serde_json::json!({ "alg": "EdDSA", "typ": typ, "kid": kid });
+    URL_SAFE_NO_PAD.encode(header.to_string())
+}
+
 impl KeyEntry {
     fn from_signing(signing: &SigningKey, meta: KeyMeta) -> Result<Self, KeyError> {
         let pkcs8 = signing
             .to_pkcs8_der()
             .map_err(|e| KeyError::Encoding(e.to_string()))?;
-        let public = signing.verifying_key().to_bytes();
+        let verifying = signing.verifying_key();
+        let public = verifying.to_bytes();
         Ok(Self {
+            sandbox_header: encoded_header(SANDBOX_TOKEN_TYP, &meta.kid),
+            workload_header: encoded_header(WORKLOAD_TOKEN_TYP, &meta.kid),
             meta,
-            public,
+            signing: signing.clone(),
+            verifying,
             encoding: EncodingKey::from_ed_der(pkcs8.as_bytes()),
             // jsonwebtoken's Ed "DER" decoding key is the raw 32-byte public key.
             decoding: DecodingKey::from_ed_der(&public),
         })
     }
 
+    /// The same key with other metadata (rotation retires the active key).
+    fn with_meta(&self, meta: KeyMeta) -> Self {
+        Self {
+            meta,
+            signing: self.signing.clone(),
+            verifying: self.verifying,
+            sandbox_header: self.sandbox_header.clone(),
+            workload_header: self.workload_header.clone(),
+            encoding: self.encoding.clone(),
+            decoding: self.decoding.clone(),
+        }
+    }
+
     pub fn kid(&self) -> &str {
         &self.meta.kid
     }
+    /// The key in jsonwebtoken's form (interop tests; not the hot path).
     pub fn encoding_key(&self) -> &EncodingKey {
         &self.encoding
     }
+    /// The key in jsonwebtoken's form (interop tests; not the hot path).
     pub fn decoding_key(&self) -> &DecodingKey {
         &self.decoding
+    }
+
+    /// The encoded JOSE header for a token of type `typ`, if this key signs it.
+    pub fn encoded_header(&self, typ: &str) -> Option<&str> {
+        match typ {
+            SANDBOX_TOKEN_TYP => Some(&self.sandbox_header),
+            WORKLOAD_TOKEN_TYP => Some(&self.workload_header),
+            _ => None,
+        }
+    }
+
+    /// Ed25519 signature of `message` (the JWS signing input).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// Strict Ed25519 verification (RFC 8032 with canonical `S`, and no
+    /// small-order `R` or key).
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.verifying
+            .verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
     }
 
     /// The RFC 8037 JWK of the public key.
@@ -85,7 +143,7 @@ impl KeyEntry {
         serde_json::json!({
             "kty": "OKP",
             "crv": "Ed25519",
-            "x": URL_SAFE_NO_PAD.encode(self.public),
+            "x": URL_SAFE_NO_PAD.encode(self.verifying.as_bytes()),
             "kid": self.meta.kid,
             "alg": "EdDSA",
             "use": "sig",
@@ -282,12 +340,7 @@ impl KeySet {
                 let mut meta = entry.meta.clone();
                 meta.retired_at = Some(now);
                 meta.verify_until = Some(now + self.retention_secs);
-                Arc::new(KeyEntry {
-                    meta,
-                    public: entry.public,
-                    encoding: entry.encoding.clone(),
-                    decoding: entry.decoding.clone(),
-                })
+                Arc::new(entry.with_meta(meta))
             } else {
                 entry.clone()
             };

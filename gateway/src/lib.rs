@@ -8,15 +8,19 @@
 //! * [`authn`] — the authentication chain producing a [`principal::Principal`].
 //! * [`routes`] — the route table with each route's grants, and authorization.
 //! * [`handlers`] — the router and the handlers.
+//! * [`sessions`] — sidecar session streams (policy, credentials, relay
+//!   requests) and the exec relay.
 //! * [`keys`], [`tokens`] — the rotating Ed25519 key set and sandbox JWTs.
 //! * [`store`] — persistent state behind the `Store` trait (embedded redb).
 //! * [`metrics`], [`config`] — Prometheus metrics, typed configuration.
+//! * [`driver`] — sandbox lifecycle (the local driver behind `palisade up`).
 
 #![forbid(unsafe_code)]
 
 pub mod authn;
 pub mod client;
 pub mod config;
+pub mod driver;
 pub mod fsutil;
 pub mod handlers;
 pub mod http;
@@ -27,6 +31,7 @@ pub mod openapi;
 pub mod principal;
 pub mod routes;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod tokens;

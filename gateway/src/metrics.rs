@@ -4,8 +4,8 @@
 //! authenticator names and refusal reasons — never paths, ids or tokens.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Request latency buckets (seconds): few, spanning fast calls to long-polls.
@@ -25,6 +25,12 @@ pub struct Metrics {
     pub audit_events: IntCounter,
     pub rate_limited: IntCounterVec,
     pub workload_tokens: IntCounter,
+    /// Sidecar session streams open now.
+    pub sessions_live: IntGauge,
+    /// Session events sent, by event type (hello, policy, ...).
+    pub session_events: IntCounterVec,
+    /// Exec relay sessions, by outcome (see `sessions::relay`).
+    pub exec_sessions: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,6 +96,27 @@ impl Metrics {
             "Workload tokens minted for upstream audiences.",
         )?;
         registry.register(Box::new(workload_tokens.clone()))?;
+        let sessions_live = IntGauge::new(
+            "palisade_gateway_sessions_live",
+            "Sidecar session streams open now.",
+        )?;
+        registry.register(Box::new(sessions_live.clone()))?;
+        let session_events = IntCounterVec::new(
+            Opts::new(
+                "palisade_gateway_session_events_sent_total",
+                "Events sent on sidecar session streams, by type.",
+            ),
+            &["type"],
+        )?;
+        registry.register(Box::new(session_events.clone()))?;
+        let exec_sessions = IntCounterVec::new(
+            Opts::new(
+                "palisade_gateway_exec_sessions_total",
+                "Exec relay sessions, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(exec_sessions.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
@@ -111,6 +138,9 @@ impl Metrics {
             audit_events,
             rate_limited,
             workload_tokens,
+            sessions_live,
+            session_events,
+            exec_sessions,
         })
     }
 

@@ -2,6 +2,7 @@
 //! ([`crate::routes::ROUTES`]) and the wire types' JSON Schemas, served at
 //! `/openapi.json` and checked in as `docs/openapi.json`.
 
+use palisade_api::session::{SecretInfo, SecretList, SecretWrite, SessionEvent};
 use palisade_api::{
     AuditEvents, CreatedSandbox, ErrorBody, InvalidPolicyBody, KeyList, Sandbox, SandboxList,
     SandboxSpec, StoredPolicy, TokenResponse, WorkloadTokenRequest, WorkloadTokenResponse,
@@ -76,6 +77,12 @@ fn op(id: RouteId, schema: &mut dyn FnMut(&str) -> Value) -> Op {
             status: "202",
             response: Some(json!({"type": "object"})),
         },
+        RouteId::SandboxLogs => Op {
+            summary: "The local driver's log of the sandbox (sidecar and agent) from byte ?after=N on, as text/plain; next offset in palisade-log-next, palisade-agent-exit once the agent ended",
+            request: None,
+            status: "200",
+            response: None,
+        },
         RouteId::WorkloadTokens => Op {
             summary: "A short-lived JWT for one upstream audience named by the sandbox's policy",
             request: Some((j, schema("WorkloadTokenRequest"))),
@@ -95,7 +102,7 @@ fn op(id: RouteId, schema: &mut dyn FnMut(&str) -> Value) -> Op {
             response: Some(schema("StoredPolicy")),
         },
         RouteId::TokenIssue => Op {
-            summary: "Exchange a one-time bootstrap token for a sandbox JWT",
+            summary: "Exchange a bootstrap credential for a sandbox JWT: a one-time bootstrap token (pbt_…), or, with Kubernetes enabled, the pod's projected ServiceAccount token (audience palisade-gateway), then bound to the pod by a pod_uid claim",
             request: None,
             status: "200",
             response: Some(schema("TokenResponse")),
@@ -118,6 +125,42 @@ fn op(id: RouteId, schema: &mut dyn FnMut(&str) -> Value) -> Op {
             status: "200",
             response: Some(schema("KeyList")),
         },
+        RouteId::SandboxSession => Op {
+            summary: "The sidecar's session stream: application/x-ndjson, one SessionEvent per line (hello, policy, credentials, heartbeat, relay); never ends by itself",
+            request: None,
+            status: "200",
+            response: None,
+        },
+        RouteId::SandboxExec => Op {
+            summary: "Open an exec session (Connection: upgrade, Upgrade: palisade-exec); 101 then exec frames both ways; 409 sandbox_not_connected, 429 at the session limit",
+            request: None,
+            status: "101",
+            response: None,
+        },
+        RouteId::RelayDialBack => Op {
+            summary: "The sidecar's dial-back for a relay requested on its session (Connection: upgrade, Upgrade: palisade-relay); 101 then raw bytes",
+            request: None,
+            status: "101",
+            response: None,
+        },
+        RouteId::SecretPut => Op {
+            summary: "Create or replace a secret; answers names, key names and SHA-256 fingerprints, never values",
+            request: Some((j, schema("SecretWrite"))),
+            status: "200",
+            response: Some(schema("SecretInfo")),
+        },
+        RouteId::SecretList => Op {
+            summary: "Secrets: names, key names and SHA-256 fingerprints, never values",
+            request: None,
+            status: "200",
+            response: Some(schema("SecretList")),
+        },
+        RouteId::SecretDelete => Op {
+            summary: "Delete a secret",
+            request: None,
+            status: "200",
+            response: Some(schema("SecretInfo")),
+        },
     }
 }
 
@@ -127,7 +170,7 @@ fn grant_name(g: &Grant) -> String {
         Grant::Scope(s) => format!("scope:{}", s.as_str()),
         Grant::OwnSandbox => "own-sandbox".into(),
         Grant::SandboxSelf => "sandbox".into(),
-        Grant::Bootstrap => "bootstrap-token".into(),
+        Grant::Bootstrap => "bootstrap-credential".into(),
     }
 }
 
@@ -146,6 +189,10 @@ pub fn document() -> Value {
     generator.subschema_for::<AuditEvents>();
     generator.subschema_for::<WorkloadTokenRequest>();
     generator.subschema_for::<WorkloadTokenResponse>();
+    generator.subschema_for::<SessionEvent>();
+    generator.subschema_for::<SecretWrite>();
+    generator.subschema_for::<SecretInfo>();
+    generator.subschema_for::<SecretList>();
     let schemas = generator.take_definitions(true);
     let mut reference = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
 
@@ -156,6 +203,9 @@ pub fn document() -> Value {
         let mut ok = json!({ "description": "success" });
         if let Some(schema) = o.response {
             ok["content"] = json!({ "application/json": { "schema": schema } });
+        }
+        if route.id == RouteId::SandboxSession {
+            ok["content"] = json!({ palisade_api::session::SESSION_CONTENT_TYPE: { "schema": reference("SessionEvent") } });
         }
         responses.insert(o.status.to_owned(), ok);
         if route.id == RouteId::SandboxPolicyGet {
@@ -193,6 +243,17 @@ pub fn document() -> Value {
         if route.id == RouteId::SandboxPolicyGet {
             params.push(json!({ "name": "revision", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } }));
             params.push(json!({ "name": "wait", "in": "query", "required": false, "schema": { "type": "string", "pattern": "^[0-9]+[smhd]?$" } }));
+        }
+        if let Some(protocol) = match route.id {
+            RouteId::SandboxExec => Some(palisade_api::exec::EXEC_UPGRADE_PROTOCOL),
+            RouteId::RelayDialBack => Some(palisade_api::session::RELAY_UPGRADE),
+            _ => None,
+        } {
+            params.push(json!({ "name": "Connection", "in": "header", "required": true, "schema": { "type": "string", "enum": ["upgrade"] } }));
+            params.push(json!({ "name": "Upgrade", "in": "header", "required": true, "schema": { "type": "string", "enum": [protocol] } }));
+        }
+        if route.path.contains("{relay_id}") {
+            params.push(json!({ "name": "relay_id", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-f]{32}$" } }));
         }
         if !params.is_empty() {
             operation["parameters"] = Value::Array(params);

@@ -20,6 +20,7 @@ pub enum RouteId {
     SandboxDelete,
     SandboxPolicyGet,
     SandboxEvents,
+    SandboxLogs,
     WorkloadTokens,
     PolicyPut,
     PolicyGet,
@@ -27,6 +28,12 @@ pub enum RouteId {
     TokenRefresh,
     KeysList,
     KeysRotate,
+    SandboxSession,
+    SandboxExec,
+    RelayDialBack,
+    SecretPut,
+    SecretList,
+    SecretDelete,
 }
 
 impl RouteId {
@@ -42,6 +49,7 @@ impl RouteId {
             RouteId::SandboxDelete => "sandbox_delete",
             RouteId::SandboxPolicyGet => "sandbox_policy_get",
             RouteId::SandboxEvents => "sandbox_events",
+            RouteId::SandboxLogs => "sandbox_logs",
             RouteId::WorkloadTokens => "workload_tokens",
             RouteId::PolicyPut => "policy_put",
             RouteId::PolicyGet => "policy_get",
@@ -49,6 +57,12 @@ impl RouteId {
             RouteId::TokenRefresh => "token_refresh",
             RouteId::KeysList => "keys_list",
             RouteId::KeysRotate => "keys_rotate",
+            RouteId::SandboxSession => "sandbox_session",
+            RouteId::SandboxExec => "sandbox_exec",
+            RouteId::RelayDialBack => "relay_dial_back",
+            RouteId::SecretPut => "secret_put",
+            RouteId::SecretList => "secret_list",
+            RouteId::SecretDelete => "secret_delete",
         }
     }
 }
@@ -74,7 +88,8 @@ pub enum Grant {
 pub struct Route {
     pub id: RouteId,
     pub method: Method,
-    /// Path template; `{id}` is a sandbox id, `{name}` a policy name.
+    /// Path template; `{id}` is a sandbox id, `{name}` a policy or secret
+    /// name, `{relay_id}` a relay id.
     pub path: &'static str,
     pub grants: &'static [Grant],
 }
@@ -136,6 +151,12 @@ pub const ROUTES: &[Route] = &[
         grants: &[Grant::OwnSandbox],
     },
     Route {
+        id: RouteId::SandboxLogs,
+        method: Method::GET,
+        path: "/v1/sandboxes/{id}/logs",
+        grants: &[Grant::Scope(Scope::SandboxRead)],
+    },
+    Route {
         id: RouteId::WorkloadTokens,
         method: Method::POST,
         path: "/v1/sandboxes/{id}/workload-tokens",
@@ -177,6 +198,47 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/keys:rotate",
         grants: &[Grant::Scope(Scope::Admin)],
     },
+    // The sidecar's session stream: never-ending NDJSON (not cut by the
+    // request timeout: see server::stack).
+    Route {
+        id: RouteId::SandboxSession,
+        method: Method::GET,
+        path: "/v1/sandboxes/{id}/session",
+        grants: &[Grant::OwnSandbox],
+    },
+    // Exec: an operator who may write the sandbox; never a sandbox (an agent
+    // must not open sessions, even in itself). HTTP/1.1 upgrade.
+    Route {
+        id: RouteId::SandboxExec,
+        method: Method::POST,
+        path: "/v1/sandboxes/{id}/exec",
+        grants: &[Grant::Scope(Scope::SandboxWrite)],
+    },
+    // The sidecar's dial-back for a relay its session was asked for.
+    Route {
+        id: RouteId::RelayDialBack,
+        method: Method::POST,
+        path: "/v1/sandboxes/{id}/relays/{relay_id}",
+        grants: &[Grant::OwnSandbox],
+    },
+    Route {
+        id: RouteId::SecretPut,
+        method: Method::PUT,
+        path: "/v1/secrets/{name}",
+        grants: &[Grant::Scope(Scope::Admin)],
+    },
+    Route {
+        id: RouteId::SecretList,
+        method: Method::GET,
+        path: "/v1/secrets",
+        grants: &[Grant::Scope(Scope::Admin)],
+    },
+    Route {
+        id: RouteId::SecretDelete,
+        method: Method::DELETE,
+        path: "/v1/secrets/{name}",
+        grants: &[Grant::Scope(Scope::Admin)],
+    },
 ];
 
 /// Path parameters of a matched route.
@@ -184,6 +246,7 @@ pub const ROUTES: &[Route] = &[
 pub struct Params {
     pub id: Option<String>,
     pub name: Option<String>,
+    pub relay_id: Option<String>,
 }
 
 /// A request matched against the table (placed in request extensions).
@@ -201,23 +264,28 @@ pub fn match_route(method: &Method, path: &str) -> Result<Matched, ApiError> {
     if path.len() > MAX_PATH_LEN {
         return Err(ApiError::not_found("no such route"));
     }
-    let mut path_matched = false;
+    // Methods the path does support: the `Allow` header of a 405 (RFC 9110 §15.5.6).
+    let mut allow: Vec<&str> = Vec::new();
     for route in ROUTES {
         if let Some(params) = match_path(route.path, path) {
-            path_matched = true;
             if route.method == *method {
                 return Ok(Matched { route, params });
             }
+            if !allow.contains(&route.method.as_str()) {
+                allow.push(route.method.as_str());
+            }
         }
     }
-    if path_matched {
+    if allow.is_empty() {
+        Err(ApiError::not_found("no such route"))
+    } else {
+        let allow = allow.join(", ");
         Err(ApiError::new(
             http::StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{method} is not supported on this path"),
-        ))
-    } else {
-        Err(ApiError::not_found("no such route"))
+            format!("{method} is not supported on this path; use {allow}"),
+        )
+        .with_allow(allow))
     }
 }
 
@@ -230,6 +298,9 @@ fn match_path(template: &str, path: &str) -> Option<Params> {
             (None, None) => return Some(params),
             (Some("{id}"), Some(seg)) if !seg.is_empty() => params.id = Some(seg.to_owned()),
             (Some("{name}"), Some(seg)) if !seg.is_empty() => params.name = Some(seg.to_owned()),
+            (Some("{relay_id}"), Some(seg)) if !seg.is_empty() => {
+                params.relay_id = Some(seg.to_owned())
+            }
             (Some(a), Some(b)) if a == b => {}
             _ => return None,
         }
@@ -295,7 +366,9 @@ mod tests {
         match id {
             RouteId::Jwks | RouteId::OpenIdConfiguration | RouteId::OpenApi => true,
             RouteId::SandboxCreate | RouteId::SandboxDelete => op(Scope::SandboxWrite),
-            RouteId::SandboxList | RouteId::PolicyGet => op(Scope::SandboxRead),
+            RouteId::SandboxList | RouteId::PolicyGet | RouteId::SandboxLogs => {
+                op(Scope::SandboxRead)
+            }
             RouteId::SandboxGet | RouteId::SandboxPolicyGet => {
                 op(Scope::SandboxRead) || (kind == K::Sandbox && own)
             }
@@ -304,6 +377,9 @@ mod tests {
             RouteId::TokenIssue => kind == K::Bootstrap,
             RouteId::TokenRefresh => kind == K::Sandbox,
             RouteId::KeysList | RouteId::KeysRotate => op(Scope::Admin),
+            RouteId::SandboxSession | RouteId::RelayDialBack => kind == K::Sandbox && own,
+            RouteId::SandboxExec => op(Scope::SandboxWrite),
+            RouteId::SecretPut | RouteId::SecretList | RouteId::SecretDelete => op(Scope::Admin),
         }
     }
 
@@ -359,7 +435,9 @@ mod tests {
     }
 
     fn concrete(path: &str, id: &str) -> String {
-        path.replace("{id}", id).replace("{name}", "web")
+        path.replace("{id}", id)
+            .replace("{name}", "web")
+            .replace("{relay_id}", "0123456789abcdef0123456789abcdef")
     }
 
     #[test]
@@ -371,7 +449,7 @@ mod tests {
             let m = match_route(&r.method, &concrete(r.path, "sbx-x")).unwrap();
             assert_eq!(m.route.id, r.id);
         }
-        assert_eq!(seen.len(), 16, "a RouteId is missing from ROUTES");
+        assert_eq!(seen.len(), 23, "a RouteId is missing from ROUTES");
     }
 
     #[test]

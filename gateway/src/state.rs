@@ -17,6 +17,13 @@ pub struct AppState {
     pub admin_token: Option<AdminToken>,
     /// Kubernetes ServiceAccount tokens on `token:issue` (when configured).
     pub kube: Option<crate::authn::kube::KubeAuthenticator>,
-    /// The latest policy revision written; long-polls wait on it.
+    /// OIDC user/platform tokens (when configured).
+    pub oidc: Option<crate::authn::oidc::OidcAuthenticator>,
+    /// The latest policy revision written; long-polls and session streams wait on it.
     pub policy_revision: tokio::sync::watch::Sender<u64>,
+    /// Live sidecar sessions and exec relays.
+    pub sessions: crate::sessions::SessionHub,
+    /// Sandbox lifecycle driver (`palisade up`: the local driver); `None`:
+    /// sandboxes are only registered.
+    pub driver: Option<Arc<dyn crate::driver::Driver>>,
 }

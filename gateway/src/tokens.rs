@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, Header, Validation};
 use palisade_api::{SANDBOX_TOKEN_AUDIENCE, SANDBOX_TOKEN_TYP, WORKLOAD_TOKEN_TYP};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{KeyError, KeySet};
+use crate::keys::{KeyEntry, KeyError, KeySet};
 use crate::principal::SandboxId;
 
 /// Longest accepted token (bytes); ours are ~400.
@@ -180,32 +180,69 @@ impl TokenService {
             jti: uuid::Uuid::new_v4().to_string(),
         };
         let key = self.keys.active();
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.typ = Some(WORKLOAD_TOKEN_TYP.to_owned());
-        header.kid = Some(key.kid().to_owned());
-        let token = jsonwebtoken::encode(&header, &claims, key.encoding_key())
-            .map_err(|e| KeyError::Encoding(e.to_string()))?;
+        let token = sign_with(&key, WORKLOAD_TOKEN_TYP, &claims)?;
         Ok((token, claims, key.kid().to_owned()))
     }
 
     /// Sign arbitrary claims with the active key (used by `mint`, and by
     /// tests that need expired or otherwise odd tokens).
     pub fn sign(&self, claims: &SandboxClaims) -> Result<(String, String), KeyError> {
+        self.sign_claims(claims)
+    }
+
+    /// Sign any serialisable sandbox-token claims (e.g. with `pod_uid`) with
+    /// the active key, header `typ: palisade-sandbox+jwt`. Returns the token
+    /// and the signing kid.
+    pub fn sign_claims<T: Serialize>(&self, claims: &T) -> Result<(String, String), KeyError> {
         let key = self.keys.active();
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.typ = Some(SANDBOX_TOKEN_TYP.to_owned());
-        header.kid = Some(key.kid().to_owned());
-        let token = jsonwebtoken::encode(&header, claims, key.encoding_key())
-            .map_err(|e| KeyError::Encoding(e.to_string()))?;
+        let token = sign_with(&key, SANDBOX_TOKEN_TYP, claims)?;
         Ok((token, key.kid().to_owned()))
     }
 
     /// Verify a presented token; on success the sandbox id is well-formed.
+    ///
+    /// Order of checks (each refusal has its own [`TokenError`]): size, shape,
+    /// `alg` (EdDSA only, before any key is looked at), `typ`, `kid`, the
+    /// key, the signature, then the claims: `exp`, `nbf`, `iss`, exact `aud`,
+    /// `iat`, `sandbox_id`/`sub`, `jti`.
     pub fn verify(&self, token: &str, now: u64) -> Result<(SandboxId, SandboxClaims), TokenError> {
+        let claims: SandboxClaims = self.verify_with(token, now)?;
+        let leeway = self.leeway_secs;
+        if claims.exp.saturating_add(leeway) <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > now + leeway {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.iss != self.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        if claims.aud != SANDBOX_TOKEN_AUDIENCE {
+            return Err(TokenError::WrongAudience);
+        }
+        if claims.iat > now + leeway {
+            return Err(TokenError::NotYetValid);
+        }
+        let id = SandboxId::parse(&claims.sandbox_id).ok_or(TokenError::InvalidClaims)?;
+        if claims.sub != claims.sandbox_id || claims.jti.is_empty() {
+            return Err(TokenError::InvalidClaims);
+        }
+        Ok((id, claims))
+    }
+
+    /// Header and signature checks of a sandbox JWT, then its claims parsed
+    /// as `T` (a missing or mistyped claim is [`TokenError::InvalidClaims`]).
+    fn verify_with<T: DeserializeOwned>(&self, token: &str, now: u64) -> Result<T, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
-        let header = parse_header(token)?;
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header = parse_header(h)?;
         if header.alg != "EdDSA" {
             return Err(TokenError::AlgNotAllowed);
         }
@@ -215,52 +252,54 @@ impl TokenService {
         let kid = header.kid.ok_or(TokenError::MissingKid)?;
         let key = self.keys.get(&kid, now).ok_or(TokenError::UnknownKid)?;
 
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = self.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_audience(&[SANDBOX_TOKEN_AUDIENCE]);
-        validation.set_issuer(&[self.issuer.as_str()]);
-        validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<SandboxClaims>(token, key.decoding_key(), &validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::InvalidSignature => TokenError::BadSignature,
-                    K::ExpiredSignature => TokenError::Expired,
-                    K::ImmatureSignature => TokenError::NotYetValid,
-                    K::InvalidAudience => TokenError::WrongAudience,
-                    K::InvalidIssuer => TokenError::WrongIssuer,
-                    K::InvalidAlgorithm | K::InvalidAlgorithmName => TokenError::AlgNotAllowed,
-                    K::MissingRequiredClaim(_) | K::Json(_) => TokenError::InvalidClaims,
-                    _ => TokenError::Malformed,
-                }
-            })?;
-        let claims = data.claims;
-        // jsonwebtoken checked these against its own clock; check against ours too.
-        if claims.exp + self.leeway_secs <= now {
-            return Err(TokenError::Expired);
+        // 86 base64url characters; decode_slice wants room for its estimate (66).
+        let mut buf = [0u8; 72];
+        let signature: [u8; 64] = match URL_SAFE_NO_PAD.decode_slice(sig, &mut buf) {
+            Ok(64) => {
+                let mut s = [0u8; 64];
+                s.copy_from_slice(&buf[..64]);
+                s
+            }
+            Ok(_) | Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                return Err(TokenError::BadSignature);
+            }
+            Err(base64::DecodeSliceError::DecodeError(_)) => return Err(TokenError::Malformed),
+        };
+        // The signing input is the token up to the last '.'.
+        let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+        if !key.verify(signed, &signature) {
+            return Err(TokenError::BadSignature);
         }
-        if claims.nbf > now + self.leeway_secs || claims.iat > now + self.leeway_secs {
-            return Err(TokenError::NotYetValid);
-        }
-        if claims.aud != SANDBOX_TOKEN_AUDIENCE {
-            return Err(TokenError::WrongAudience);
-        }
-        let id = SandboxId::parse(&claims.sandbox_id).ok_or(TokenError::InvalidClaims)?;
-        if claims.sub != claims.sandbox_id || claims.jti.is_empty() {
-            return Err(TokenError::InvalidClaims);
-        }
-        Ok((id, claims))
+        let payload = URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| TokenError::Malformed)?;
+        serde_json::from_slice(&payload).map_err(|_| TokenError::InvalidClaims)
     }
 }
 
-fn parse_header(token: &str) -> Result<RawHeader, TokenError> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+/// JWS compact serialisation of `claims` under `key`'s precomputed header
+/// for `typ`: one buffer, one signature, no key parsing.
+fn sign_with<T: Serialize>(key: &KeyEntry, typ: &str, claims: &T) -> Result<String, KeyError> {
+    let header = key
+        .encoded_header(typ)
+        .ok_or_else(|| KeyError::Encoding(format!("no header for token type {typ}")))?;
+    let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Encoding(e.to_string()))?;
+    // header . payload . signature (86 characters)
+    let mut token = String::with_capacity(header.len() + 2 + payload.len() * 4 / 3 + 4 + 86);
+    token.push_str(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+    let signature = key.sign(token.as_bytes());
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+    Ok(token)
+}
+
+fn parse_header(h: &str) -> Result<RawHeader, TokenError> {
+    // Our headers are ~110 characters; a huge one is malformed, not work.
+    if h.len() > 1024 {
         return Err(TokenError::Malformed);
-    };
+    }
     let bytes = URL_SAFE_NO_PAD
         .decode(h)
         .map_err(|_| TokenError::Malformed)?;
@@ -273,4 +312,185 @@ pub fn fingerprint(secret: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = hex::encode(Sha256::digest(secret.as_bytes()));
     format!("sha256:{}", &digest[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::redb_store::RedbStore;
+
+    const ISS: &str = "https://gw.test:8443";
+
+    fn service() -> (tempfile::TempDir, TokenService) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let keys =
+            Arc::new(KeySet::load_or_create(&dir.path().join("keys"), store, 960, 1000).unwrap());
+        (dir, TokenService::new(keys, ISS.into(), 900, 60))
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_jsonwebtoken_and_back() {
+        let (_dir, svc) = service();
+        let now = jsonwebtoken::get_current_timestamp();
+        let id = SandboxId::generate();
+        let minted = svc.mint(&id, now).unwrap();
+        // An independent implementation accepts ours...
+        let key = svc.keys().active();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        v.set_audience(&[SANDBOX_TOKEN_AUDIENCE]);
+        v.set_issuer(&[ISS]);
+        let data =
+            jsonwebtoken::decode::<SandboxClaims>(&minted.token, key.decoding_key(), &v).unwrap();
+        assert_eq!(data.claims, minted.claims);
+        assert_eq!(data.header.typ.as_deref(), Some(SANDBOX_TOKEN_TYP));
+        assert_eq!(data.header.kid.as_deref(), Some(key.kid()));
+        // ...and we accept its.
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.typ = Some(SANDBOX_TOKEN_TYP.into());
+        h.kid = Some(key.kid().into());
+        let theirs = jsonwebtoken::encode(&h, &minted.claims, key.encoding_key()).unwrap();
+        let (got, claims) = svc.verify(&theirs, now).unwrap();
+        assert_eq!(got, id);
+        assert_eq!(claims, minted.claims);
+        let (got, _) = svc.verify(&minted.token, now).unwrap();
+        assert_eq!(got, id);
+    }
+
+    #[test]
+    fn every_claim_check_refuses_with_its_own_reason() {
+        let (_dir, svc) = service();
+        let now = 10_000;
+        let id = SandboxId::generate();
+        let base = svc.mint(&id, now).unwrap().claims;
+        let check = |c: SandboxClaims| svc.verify(&svc.sign(&c).unwrap().0, now).err();
+        assert_eq!(check(base.clone()), None);
+        // Leeway is 60 s: 59 s past exp still passes, 60 s does not.
+        let at_exp = |exp| SandboxClaims {
+            exp,
+            ..base.clone()
+        };
+        assert_eq!(check(at_exp(now - 59)), None);
+        assert_eq!(check(at_exp(now - 60)), Some(TokenError::Expired));
+        let nbf = |nbf| SandboxClaims {
+            nbf,
+            ..base.clone()
+        };
+        assert_eq!(check(nbf(now + 60)), None);
+        assert_eq!(check(nbf(now + 61)), Some(TokenError::NotYetValid));
+        let iat = SandboxClaims {
+            iat: now + 61,
+            ..base.clone()
+        };
+        assert_eq!(check(iat), Some(TokenError::NotYetValid));
+        let iss = SandboxClaims {
+            iss: "https://other".into(),
+            ..base.clone()
+        };
+        assert_eq!(check(iss), Some(TokenError::WrongIssuer));
+        // Exact audience: a prefix or a superstring is wrong.
+        for aud in ["palisade", "palisade-gateway2", ""] {
+            let c = SandboxClaims {
+                aud: aud.into(),
+                ..base.clone()
+            };
+            assert_eq!(check(c), Some(TokenError::WrongAudience), "{aud}");
+        }
+        let sub = SandboxClaims {
+            sub: "x".into(),
+            ..base.clone()
+        };
+        assert_eq!(check(sub), Some(TokenError::InvalidClaims));
+        let jti = SandboxClaims {
+            jti: String::new(),
+            ..base.clone()
+        };
+        assert_eq!(check(jti), Some(TokenError::InvalidClaims));
+        let sid = SandboxClaims {
+            sandbox_id: "sbx-1".into(),
+            sub: "sbx-1".into(),
+            ..base.clone()
+        };
+        assert_eq!(check(sid), Some(TokenError::InvalidClaims));
+        // A signed token whose claims lack `exp`.
+        let (t, _) = svc
+            .sign_claims(&serde_json::json!({"iss": ISS, "sub": id.as_str()}))
+            .unwrap();
+        assert_eq!(svc.verify(&t, now).err(), Some(TokenError::InvalidClaims));
+    }
+
+    #[test]
+    fn header_and_signature_checks_come_first() {
+        let (_dir, svc) = service();
+        let now = 10_000;
+        let good = svc.mint(&SandboxId::generate(), now).unwrap().token;
+        let parts: Vec<&str> = good.split('.').collect();
+        let hdr = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let kid = svc.keys().active().kid().to_owned();
+        let with = |h: String| format!("{h}.{}.{}", parts[1], parts[2]);
+        let err = |t: &str| svc.verify(t, now).err();
+        for alg in ["none", "HS256", "RS256", "ES256", "EdDSA2"] {
+            let h = hdr(serde_json::json!({"alg": alg, "typ": SANDBOX_TOKEN_TYP, "kid": kid}));
+            assert_eq!(err(&with(h)), Some(TokenError::AlgNotAllowed), "{alg}");
+        }
+        let h = hdr(serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}));
+        assert_eq!(err(&with(h)), Some(TokenError::WrongTyp));
+        let h = hdr(serde_json::json!({"alg": "EdDSA", "typ": SANDBOX_TOKEN_TYP}));
+        assert_eq!(err(&with(h)), Some(TokenError::MissingKid));
+        let h = hdr(serde_json::json!({"alg": "EdDSA", "typ": SANDBOX_TOKEN_TYP, "kid": "x"}));
+        assert_eq!(err(&with(h)), Some(TokenError::UnknownKid));
+        // The same header re-encoded (other spacing): the signature no
+        // longer covers it.
+        let h = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"alg": "EdDSA", "kid": "{kid}", "typ": "{SANDBOX_TOKEN_TYP}"}}"#
+        ));
+        assert_ne!(h, parts[0]);
+        assert_eq!(err(&with(h)), Some(TokenError::BadSignature));
+        // Signature: short, long, junk, another payload.
+        let short = format!("{}.{}.{}", parts[0], parts[1], &parts[2][..40]);
+        assert_eq!(err(&short), Some(TokenError::BadSignature));
+        let long = format!("{good}AAAA");
+        assert_eq!(err(&long), Some(TokenError::BadSignature));
+        let junk = format!("{}.{}.!!!", parts[0], parts[1]);
+        assert_eq!(err(&junk), Some(TokenError::Malformed));
+        let other = svc.mint(&SandboxId::generate(), now).unwrap().token;
+        let swapped = format!(
+            "{}.{}.{}",
+            parts[0],
+            other.split('.').nth(1).unwrap(),
+            parts[2]
+        );
+        assert_eq!(err(&swapped), Some(TokenError::BadSignature));
+        assert_eq!(err("a.b"), Some(TokenError::Malformed));
+        assert_eq!(err(&format!("{good}.x")), Some(TokenError::Malformed));
+        assert_eq!(err(&"a".repeat(5000)), Some(TokenError::TooLarge));
+    }
+
+    #[test]
+    fn retired_key_verifies_until_its_window_ends() {
+        let (_dir, svc) = service();
+        let id = SandboxId::generate();
+        let old = svc.mint(&id, 1000).unwrap();
+        svc.keys().rotate(1010).unwrap();
+        let new = svc.mint(&id, 1010).unwrap();
+        assert_ne!(old.kid, new.kid);
+        assert!(svc.verify(&old.token, 1020).is_ok());
+        assert!(svc.verify(&new.token, 1020).is_ok());
+        // Retention is 960 s from the rotation.
+        assert_eq!(
+            svc.verify(&old.token, 1970).err(),
+            Some(TokenError::UnknownKid)
+        );
+    }
+
+    #[test]
+    fn workload_tokens_are_not_sandbox_tokens() {
+        let (_dir, svc) = service();
+        let (t, claims, _) = svc
+            .mint_workload(&SandboxId::generate(), "https://api.example.com", 1000)
+            .unwrap();
+        assert_eq!(claims.aud, "https://api.example.com");
+        assert_eq!(svc.verify(&t, 1000).err(), Some(TokenError::WrongTyp));
+    }
 }

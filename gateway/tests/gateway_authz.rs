@@ -45,6 +45,49 @@ fn refused_by_auth(a: &palisade_gateway::client::Answer) -> bool {
     }
 }
 
+/// Send one request; read the body only of a non-2xx answer (the session
+/// stream's 200 body never ends).
+async fn send_head_first(
+    gw: &Gw,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+) -> palisade_gateway::client::Answer {
+    use http_body_util::{BodyExt, Full};
+    let tcp = tokio::net::TcpStream::connect(gw.running.api_addr)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway")
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from_static(b"{}"))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = if parts.status.is_success() {
+        Bytes::new()
+    } else {
+        body.collect().await.unwrap().to_bytes()
+    };
+    driver.abort();
+    palisade_gateway::client::Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
 #[tokio::test]
 async fn route_table_times_every_principal() {
     // Many admin calls in a burst: lift the per-principal rate limit.
@@ -72,7 +115,8 @@ async fn route_table_times_every_principal() {
             let path = route
                 .path
                 .replace("{id}", &id_in_path)
-                .replace("{name}", "web");
+                .replace("{name}", "web")
+                .replace("{relay_id}", "0123456789abcdef0123456789abcdef");
             let token: Option<String> = match who {
                 Who::Nobody => None,
                 Who::Admin => Some(ADMIN_TOKEN.into()),
@@ -81,16 +125,7 @@ async fn route_table_times_every_principal() {
                 Who::Bootstrap => Some(bootstrap),
                 Who::Garbage => Some("garbage".into()),
             };
-            let a = gw
-                .client(token.as_deref())
-                .send(
-                    route.method.clone(),
-                    &path,
-                    Some("application/json"),
-                    Bytes::from_static(b"{}"),
-                )
-                .await
-                .unwrap();
+            let a = send_head_first(&gw, route.method.clone(), &path, token.as_deref()).await;
             assert!(
                 a.status.as_u16() < 500,
                 "{:?} {who:?}: {}",

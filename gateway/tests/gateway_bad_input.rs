@@ -283,6 +283,8 @@ async fn bad_headers_bodies_and_paths_are_clear_4xx() {
         .await
         .unwrap();
     assert_error(&a, 405, "method_not_allowed");
+    // RFC 9110: a 405 names the methods the path does support.
+    assert_eq!(a.headers.get("allow").unwrap(), "POST, GET");
     assert_error(
         &get(&admin, "/v1/sandboxes/not-an-id").await,
         404,

@@ -6,6 +6,8 @@
 //! * [`dns`] — the policy DNS server on 15053 and the answer cache that anti-spoofing reads.
 //! * [`tls`] — the sandbox CA, leaf certificates, rustls configurations for interception.
 //! * [`credentials`] — credential sources and the values injected into inspected requests.
+//! * [`identity`] — with `--gateway`: the sandbox JWT, the gateway session (policy,
+//!   credentials, relays), workload tokens and the audit push.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -13,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod capture;
 mod credentials;
 mod dns;
+mod identity;
 mod run;
 mod tls;
 
@@ -37,6 +40,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install redirect and fence rules in this network namespace, then exit (needs NET_ADMIN).

@@ -21,7 +21,7 @@ pub mod parse;
 pub mod schema;
 pub mod validate;
 
-pub use compiled::{CompiledPolicy, RuleId};
+pub use compiled::{CompiledPolicy, PathGlob, RuleId};
 pub use decision::{Decision, DenyReason};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::Policy;

@@ -199,13 +199,42 @@ pub struct TokenGrant {
     pub grant: GrantType,
     /// Audience requested for the JWT-SVID.
     pub svid_audience: String,
+    /// `audience` sent to the token endpoint (the API the token is for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// Scopes requested (sent space-separated as `scope`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// Per-endpoint `audience` / `scopes`: on a request whose host, port and
+    /// path a selector matches, the most specific matching override replaces
+    /// the grant's `audience` and/or `scopes` (a field the override omits keeps
+    /// the grant's value). Two overrides that can match the same request where
+    /// neither is more specific than the other are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<GrantOverride>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// One per-endpoint override of a token grant. The selector is `host`
+/// (required, one exact host name or IP literal), `port` (absent = any port)
+/// and `path` (a literal prefix ending at a segment boundary: `/v1` matches
+/// `/v1` and `/v1/orders`, not `/v10`; absent = any path). It must set
+/// `audience`, `scopes`, or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrantOverride {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum GrantType {
     ClientCredentials,
@@ -234,4 +263,112 @@ impl Default for Injection {
             scheme: Some("Bearer".to_owned()),
         }
     }
+}
+
+/// The request selector of a [`GrantOverride`], normalised: what the sidecar
+/// matches requests against and what validation compares overrides with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OverrideSelector {
+    /// Normal form of the host (lower-case name without trailing dot, or the
+    /// canonical address text), as [`crate::host::with_lookup_key`] gives it.
+    pub host: String,
+    pub port: Option<u16>,
+    /// Literal path prefix without a trailing `/` (except `/` itself).
+    pub path: Option<String>,
+}
+
+impl GrantOverride {
+    /// The normalised selector, or the offending field (`host`, `port`,
+    /// `path`) and a sentence saying what is wrong.
+    pub fn selector(&self) -> Result<OverrideSelector, (&'static str, String)> {
+        let parsed = crate::host::parse_pattern(&self.host).map_err(|e| ("host", e))?;
+        let host = match parsed {
+            crate::host::HostPattern::Exact(name) => name,
+            crate::host::HostPattern::Ip(ip) => ip.to_string(),
+            crate::host::HostPattern::Wildcard(_) => {
+                return Err((
+                    "host",
+                    format!(
+                        "host `{}` is a wildcard; an override names one exact host",
+                        self.host
+                    ),
+                ));
+            }
+        };
+        let port = match self.port {
+            None => None,
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p != 0 => Some(p),
+                _ => {
+                    return Err((
+                        "port",
+                        format!("port {p} is out of range; ports are 1-65535"),
+                    ));
+                }
+            },
+        };
+        let path = match &self.path {
+            None => None,
+            Some(p) => {
+                if !p.starts_with('/')
+                    || p.chars().any(|c| {
+                        c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '*')
+                    })
+                    || p.split('/').any(|seg| seg == "..")
+                {
+                    return Err((
+                        "path",
+                        format!(
+                            "path `{p}` is invalid: write a literal path prefix starting with \
+                             `/` (no `*`, `?`, `#`, `..` or whitespace), such as `/v1/orders`"
+                        ),
+                    ));
+                }
+                let trimmed = p.trim_end_matches('/');
+                Some(if trimmed.is_empty() { "/" } else { trimmed }.to_owned())
+            }
+        };
+        Ok(OverrideSelector { host, port, path })
+    }
+}
+
+impl OverrideSelector {
+    /// Whether a request to `host` (already in normal form), `port` and `path`
+    /// (without the query) is selected.
+    pub fn matches(&self, host: &str, port: u16, path: &str) -> bool {
+        self.host == host
+            && self.port.is_none_or(|p| p == port)
+            && self
+                .path
+                .as_deref()
+                .is_none_or(|p| path_has_prefix(path, p))
+    }
+
+    /// Every request `self` selects is also selected by `other`.
+    pub fn within(&self, other: &OverrideSelector) -> bool {
+        self.host == other.host
+            && other.port.is_none_or(|p| self.port == Some(p))
+            && other
+                .path
+                .as_deref()
+                .is_none_or(|p| self.path.as_deref().is_some_and(|s| path_has_prefix(s, p)))
+    }
+
+    /// Some request is selected by both.
+    pub fn overlaps(&self, other: &OverrideSelector) -> bool {
+        self.host == other.host
+            && (self.port.is_none() || other.port.is_none() || self.port == other.port)
+            && match (self.path.as_deref(), other.path.as_deref()) {
+                (Some(a), Some(b)) => path_has_prefix(a, b) || path_has_prefix(b, a),
+                _ => true,
+            }
+    }
+}
+
+/// `prefix` is `/`, equals `path`, or is followed in `path` by `/`.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }

@@ -3,6 +3,9 @@
 //! Owns: request/response bodies and well-known constants. Must never depend on
 //! the gateway server crate or on any I/O.
 
+pub mod exec;
+pub mod session;
+
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -66,10 +69,22 @@ pub struct FieldError {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SandboxSpec {
     /// DNS-label-like display name.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub service_account: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
@@ -77,9 +92,25 @@ pub struct SandboxSpec {
     pub gid: Option<u32>,
     /// Name of the policy (see `PUT /v1/policies/{name}`) this sandbox runs under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub policy: Option<String>,
+    /// At most 64 labels; keys 1-63 characters (OpenAPI 3.0 cannot state
+    /// key lengths), values at most 253.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "additionalProperties" = { "type": "string", "maxLength": 253 }
+    ))]
     pub labels: BTreeMap<String, String>,
+    /// The agent's command and arguments (run by the local driver under
+    /// `palisade-shim`; default `sleep infinity`). At most 256 arguments and
+    /// 64 KiB in total, no NUL; the program name (first) must not be empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(regex(pattern = r"^[^\u0000]*$")))]
+    pub command: Vec<String>,
 }
 
 /// A registered sandbox.

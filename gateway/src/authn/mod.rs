@@ -7,7 +7,9 @@
 //! 3. on `POST /v1/token:issue` only: a JWT that is not ours (no
 //!    `palisade-sandbox+jwt` typ) is a Kubernetes ServiceAccount token,
 //!    reviewed by [`kube`] → `Bootstrap` carrying the pod identity;
-//! 4. a sandbox JWT ([`crate::tokens`]) whose sandbox still exists → `Sandbox`.
+//! 4. with an OIDC issuer configured, a JWT without our sandbox `typ`: an
+//!    OIDC token ([`oidc`]) → `User{roles}` or `Platform{namespaces}`;
+//! 5. a sandbox JWT ([`crate::tokens`]) whose sandbox still exists → `Sandbox`.
 //!
 //! A ServiceAccount token on any other route reaches only step 4 and is
 //! refused there (its `alg`/`typ` are not ours) without any TokenReview.
@@ -19,6 +21,7 @@
 
 pub mod admin_token;
 pub mod kube;
+pub mod oidc;
 
 use std::sync::Arc;
 
@@ -188,6 +191,15 @@ pub async fn authenticate(
             sandbox_id,
             credential: BootstrapCredential::ServiceAccount(pod),
         });
+    }
+
+    // A JWT that is not ours, with an OIDC issuer configured: a user or
+    // platform token (its own refusal reasons under authenticator `oidc`).
+    if jwt_shaped
+        && let Some(oidc) = &state.oidc
+        && !is_sandbox_jwt(token)
+    {
+        return oidc.authenticate(token, crate::fsutil::now()).await;
     }
 
     if jwt_shaped {

@@ -5,13 +5,16 @@
 //! Must never: print secrets, or exit 0 when the operator asked a question
 //! whose answer is "this is broken".
 
+mod exec;
 mod gateway;
 mod keys;
 mod policy;
 mod policy_remote;
 mod remote;
 mod sandbox;
+mod secret;
 mod token;
+mod up;
 
 use std::process::ExitCode;
 
@@ -39,9 +42,14 @@ enum Command {
     /// Register, show and delete sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Store, list and delete secrets that policies source credentials from.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Inspect tokens (never printing them).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Run the gateway and the local driver here: sandboxes on this machine.
+    Up(Box<up::UpArgs>),
 }
 
 /// `palisade policy …`: the local commands and the gateway ones, side by side.
@@ -62,5 +70,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Up(args) => up::run(*args),
+        Command::Secret(cmd) => secret::run(cmd),
     }
 }

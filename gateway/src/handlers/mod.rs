@@ -5,7 +5,10 @@
 mod events;
 mod keys;
 mod policies;
+mod relay;
 mod sandboxes;
+mod secrets;
+mod session;
 mod tokens;
 mod wellknown;
 
@@ -47,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> HttpService {
                 RouteId::SandboxDelete => sandboxes::delete(&ctx).await,
                 RouteId::SandboxPolicyGet => policies::for_sandbox(&ctx, req).await,
                 RouteId::SandboxEvents => events::ingest(&ctx, req).await,
+                RouteId::SandboxLogs => sandboxes::logs(&ctx, req).await,
                 RouteId::WorkloadTokens => tokens::workload(&ctx, req).await,
                 RouteId::PolicyPut => policies::put(&ctx, req).await,
                 RouteId::PolicyGet => policies::get(&ctx).await,
@@ -54,6 +58,12 @@ pub fn router(state: Arc<AppState>) -> HttpService {
                 RouteId::TokenRefresh => tokens::refresh(&ctx).await,
                 RouteId::KeysList => keys::list(&ctx),
                 RouteId::KeysRotate => keys::rotate(&ctx).await,
+                RouteId::SandboxSession => session::open(&ctx).await,
+                RouteId::SandboxExec => relay::exec(&ctx, req).await,
+                RouteId::RelayDialBack => relay::dial_back(&ctx, req).await,
+                RouteId::SecretPut => secrets::put(&ctx, req).await,
+                RouteId::SecretList => secrets::list(&ctx).await,
+                RouteId::SecretDelete => secrets::delete(&ctx).await,
             };
             result.unwrap_or_else(ApiError::into_response)
         }

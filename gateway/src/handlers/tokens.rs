@@ -4,10 +4,8 @@
 //! sandbox JWT, new `jti`).
 
 use http::StatusCode;
-use jsonwebtoken::{Algorithm, Header};
 use palisade_api::{
-    SANDBOX_TOKEN_AUDIENCE, SANDBOX_TOKEN_TYP, TokenResponse, WorkloadTokenRequest,
-    WorkloadTokenResponse,
+    SANDBOX_TOKEN_AUDIENCE, TokenResponse, WorkloadTokenRequest, WorkloadTokenResponse,
 };
 use palisade_policy::model::CredentialSource;
 use serde::Serialize;
@@ -40,15 +38,12 @@ fn answer_pod_bound(ctx: &Ctx, id: &SandboxId, pod: &PodIdentity) -> HandlerResu
         exp: now + ctx.state.config.token_ttl.as_secs(),
         jti: uuid::Uuid::new_v4().to_string(),
     };
-    let key = tokens.keys().active();
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.typ = Some(SANDBOX_TOKEN_TYP.to_owned());
-    header.kid = Some(key.kid().to_owned());
     let bound = PodBoundClaims {
         base: &claims,
         pod_uid: &pod.uid,
     };
-    let token = jsonwebtoken::encode(&header, &bound, key.encoding_key())
+    let (token, kid) = tokens
+        .sign_claims(&bound)
         .map_err(|e| ApiError::internal(format!("cannot sign a token: {e}")))?;
     Ok(json(
         StatusCode::OK,
@@ -57,7 +52,7 @@ fn answer_pod_bound(ctx: &Ctx, id: &SandboxId, pod: &PodIdentity) -> HandlerResu
             token_type: "Bearer".to_owned(),
             sandbox_id: id.to_string(),
             expires_at: claims.exp,
-            kid: key.kid().to_owned(),
+            kid,
         },
     ))
 }

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use http_body_util::Full;
 
 use crate::http::{ApiError, HttpService, Request, Response, service};
 use crate::state::AppState;
 
 fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response {
-    let mut resp = http::Response::new(Full::new(body.into()));
+    let mut resp = http::Response::new(crate::http::full(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -70,8 +70,16 @@ pub fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         .clone()
         .map(crate::authn::kube::KubeAuthenticator::load)
         .transpose()?;
+    let oidc = config
+        .oidc
+        .clone()
+        .map(|o| crate::authn::oidc::OidcAuthenticator::load(o, config.leeway))
+        .transpose()?;
     let metrics = Metrics::new().context("cannot register metrics")?;
     let (policy_revision, _) = watch::channel(0);
+    let sessions =
+        crate::sessions::SessionHub::new(config.sessions.clone(), metrics.sessions_live.clone());
+    let driver = crate::driver::build(&config)?;
     Ok(Arc::new(AppState {
         config,
         store,
@@ -79,7 +87,10 @@ pub fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         metrics,
         admin_token,
         kube,
+        oidc,
         policy_revision,
+        sessions,
+        driver,
     }))
 }
 
@@ -97,6 +108,8 @@ impl Running {
     /// Stop accepting, let open requests finish (bounded), and return.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        // Session streams never end by themselves: end them so connections drain.
+        self.state.sessions.close();
         while self.tasks.join_next().await.is_some() {}
     }
 }
@@ -270,7 +283,8 @@ async fn serve_connection<IO>(
         let fut = Next::new(service.clone()).run(req.map(boxed));
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), hyper_service);
+    // With upgrades: `exec` and relay dial-backs switch protocols (101).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_service);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {

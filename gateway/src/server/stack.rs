@@ -21,7 +21,12 @@ pub fn build(state: Arc<AppState>) -> HttpService {
         .layer(trace::layer())
         // 3. count and time every answer, including refusals below.
         .layer(metrics::layer(state.metrics.clone()))
-        // 4. whole-request deadline (408).
+        // 4. deadline on the answer's head (408). It bounds the handler, not
+        //    what comes after the head: the session stream's body and the
+        //    connections upgraded by exec/relay outlive it by construction
+        //    and are bounded by their own heartbeat, idle and max-duration
+        //    limits (crate::sessions). Their handlers answer well within it
+        //    (the exec's dial-back wait is 10s).
         .layer(timeout::layer(config.request_timeout))
         // 5. body size cap (413).
         .layer(body_limit::layer(config.max_body_bytes))

@@ -3,6 +3,10 @@
 //!
 //! The embedded implementation ([`redb_store::RedbStore`]) is the default; the
 //! Kubernetes issue adds one backed by custom resources.
+//! Secrets (`/v1/secrets`) are the one kind of record whose values are
+//! sensitive: they live only in the 0600 store file, and [`SecretRecord`]'s
+//! `Debug` and every error about them name the secret, never a value.
+//!
 //! Must never: store a bootstrap token itself (only its SHA-256), or a private key
 //! (those live in 0600 files beside the database, see [`crate::keys`]).
 
@@ -37,6 +41,50 @@ pub struct KeyMeta {
     pub retired_at: Option<u64>,
     /// After this it is removed; `None` while active.
     pub verify_until: Option<u64>,
+}
+
+/// A stored secret: key → value, with a store-wide secret revision.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    pub name: String,
+    pub data: std::collections::BTreeMap<String, String>,
+    pub revision: u64,
+    pub updated_at: u64,
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("name", &self.name)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretRecord {
+    /// Names, key names and fingerprints: what may be shown.
+    pub fn info(&self) -> palisade_api::session::SecretInfo {
+        palisade_api::session::SecretInfo {
+            name: self.name.clone(),
+            keys: self
+                .data
+                .iter()
+                .map(|(key, value)| palisade_api::session::SecretKeyInfo {
+                    key: key.clone(),
+                    fingerprint: fingerprint(value),
+                })
+                .collect(),
+            revision: self.revision,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// `sha256:<hex>` of a secret value: safe to log and to list.
+pub fn fingerprint(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(value.as_bytes())))
 }
 
 /// A condition on the current version of a policy (HTTP `If-Match` /
@@ -106,6 +154,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Remove expired bootstrap tokens; returns how many.
     fn prune_bootstrap(&self, now: u64) -> Result<usize, StoreError>;
+
+    /// Create or replace a secret under a new store-wide secret revision.
+    fn put_secret(
+        &self,
+        name: &str,
+        data: &std::collections::BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<SecretRecord, StoreError>;
+    fn get_secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError>;
+    fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
+    /// False if it did not exist.
+    fn delete_secret(&self, name: &str) -> Result<bool, StoreError>;
 
     fn list_keys(&self) -> Result<Vec<KeyMeta>, StoreError>;
     /// Replace the whole key metadata set in one transaction.

@@ -7,15 +7,19 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{BootstrapLookup, BootstrapRecord, KeyMeta, Precondition, Store, StoreError, etag};
+use super::{
+    BootstrapLookup, BootstrapRecord, KeyMeta, Precondition, SecretRecord, Store, StoreError, etag,
+};
 use crate::principal::SandboxId;
 
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const BOOTSTRAP: TableDefinition<&str, &[u8]> = TableDefinition::new("bootstrap_tokens");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const POLICY_REVISION: &str = "policy_revision";
+const SECRET_REVISION: &str = "secret_revision";
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "palisade.redb";
@@ -37,6 +41,17 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// Like [`decode`], but the error never quotes the record (it holds values).
+fn decode_secret(name: &str, bytes: &[u8]) -> Result<SecretRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "secret `{name}` (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
 impl RedbStore {
     /// Open (or create) the database in `data_dir`, creating every table.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -55,6 +70,7 @@ impl RedbStore {
             txn.open_table(POLICIES).map_err(backend)?;
             txn.open_table(BOOTSTRAP).map_err(backend)?;
             txn.open_table(KEYS).map_err(backend)?;
+            txn.open_table(SECRETS).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
@@ -227,6 +243,79 @@ impl Store for RedbStore {
         Ok(doomed.len())
     }
 
+    fn put_secret(
+        &self,
+        name: &str,
+        data: &std::collections::BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<SecretRecord, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let record;
+        {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let revision = meta
+                .get(SECRET_REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            meta.insert(SECRET_REVISION, revision).map_err(backend)?;
+            record = SecretRecord {
+                name: name.to_owned(),
+                data: data.clone(),
+                revision,
+                updated_at: now,
+            };
+            let bytes = serde_json::to_vec(&record)
+                .map_err(|_| StoreError::Corrupt(format!("secret `{name}` cannot be encoded")))?;
+            let mut t = txn.open_table(SECRETS).map_err(backend)?;
+            t.insert(name, bytes.as_slice()).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(record)
+    }
+
+    fn get_secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(SECRETS).map_err(backend)?;
+        match t.get(name).map_err(backend)? {
+            Some(v) => Ok(Some(decode_secret(name, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(SECRETS).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            out.push(decode_secret(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let existed = {
+            let mut t = txn.open_table(SECRETS).map_err(backend)?;
+            let existed = t.remove(name).map_err(backend)?.is_some();
+            if existed {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                let revision = meta
+                    .get(SECRET_REVISION)
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(0)
+                    + 1;
+                meta.insert(SECRET_REVISION, revision).map_err(backend)?;
+            }
+            existed
+        };
+        txn.commit().map_err(backend)?;
+        Ok(existed)
+    }
+
     fn list_keys(&self) -> Result<Vec<KeyMeta>, StoreError> {
         self.all(KEYS)
     }
@@ -361,6 +450,25 @@ mod tests {
             BootstrapLookup::Unknown
         );
         assert!(s.list_sandboxes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn secrets_revise_list_delete_and_debug_redacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let data = std::collections::BTreeMap::from([("token".to_owned(), "s3cr3t".to_owned())]);
+        let a = s.put_secret("gh", &data, 1).unwrap();
+        let b = s.put_secret("gh", &data, 2).unwrap();
+        assert!(b.revision > a.revision);
+        assert_eq!(s.get_secret("gh").unwrap().unwrap().data["token"], "s3cr3t");
+        assert!(!format!("{b:?}").contains("s3cr3t"));
+        let info = b.info();
+        assert_eq!(info.keys[0].key, "token");
+        assert!(info.keys[0].fingerprint.starts_with("sha256:"));
+        assert_eq!(s.list_secrets().unwrap().len(), 1);
+        assert!(s.delete_secret("gh").unwrap());
+        assert!(!s.delete_secret("gh").unwrap());
+        assert!(s.get_secret("gh").unwrap().is_none());
     }
 
     #[test]

@@ -172,3 +172,52 @@ pub fn sample(scrape: &str, series: &str) -> f64 {
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
+
+/// One raw HTTP/1.1 connection to the gateway (upgrades enabled).
+pub async fn connect(
+    gw: &Gw,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(gw.running.api_addr)
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+/// A bodiless request with a bearer token, optionally asking for an HTTP/1.1 upgrade.
+pub fn request(
+    method: Method,
+    path: &str,
+    token: &str,
+    upgrade: Option<&str>,
+) -> http::Request<http_body_util::Empty<Bytes>> {
+    use http::header;
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "gateway")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(protocol) = upgrade {
+        b = b
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, protocol);
+    }
+    b.body(http_body_util::Empty::new()).unwrap()
+}
+
+/// The next exec frame on an upgraded connection (60 s bound against hangs only).
+pub async fn next_frame(
+    io: &mut hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+) -> palisade_api::exec::Frame {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        palisade_api::exec::read_frame(io),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap()
+}

@@ -1,13 +1,17 @@
 //! Credentials the sidecar injects into inspected requests.
 //!
 //! Owns: the [`Secret`] newtype (redacting `Debug`, SHA-256 fingerprint for audit), the async
-//! [`CredentialSource`] trait every source implements (file and env here; gateway secrets,
-//! SPIFFE token grants and workload tokens plug in later without touching the proxy path),
-//! the per-policy [`Registry`] of sources, and building the header value (`inject.header`,
+//! [`CredentialSource`] trait every source implements (file and env in `sources`; secrets
+//! delivered by the gateway and their endpoint bindings in `delivered`; gateway workload
+//! tokens in `workload`), the per-policy [`Registry`] of sources, the binding check behind
+//! 403 `credential_endpoint_mismatch`, and building the header value (`inject.header`,
 //! `inject.scheme`) with validation.
 //! Must never: log, count or put in an error a secret value — only names and fingerprints.
 
+mod delivered;
 mod sources;
+pub mod token_grant;
+mod workload;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +22,9 @@ use http::header::{HeaderName, HeaderValue};
 use palisade_policy::model::{Credential, CredentialSource as SourceSpec};
 use sha2::{Digest as _, Sha256};
 
+pub use self::delivered::{DeliveredStore, EndpointMismatch};
 pub use self::sources::{EnvSource, FileSource, Unavailable};
+pub use self::workload::{FetchFuture, WorkloadTokenSource, WorkloadTokens};
 
 /// A credential value. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -83,6 +89,12 @@ pub type GetFuture<'a> = Pin<Box<dyn Future<Output = Result<Secret, CredentialEr
 pub trait CredentialSource: Send + Sync + std::fmt::Debug {
     /// The current value.
     fn get(&self) -> GetFuture<'_>;
+    /// The value for a request to `target`; sources with per-endpoint behaviour (token
+    /// grants with `overrides`) override this.
+    fn get_for<'a>(&'a self, target: &'a token_grant::RequestTarget<'a>) -> GetFuture<'a> {
+        let _ = target;
+        self.get()
+    }
     /// A bounded label naming the source kind (`file`, `env`, …).
     fn kind(&self) -> &'static str;
 }
@@ -90,15 +102,57 @@ pub trait CredentialSource: Send + Sync + std::fmt::Debug {
 /// A credential's definition and the source built from it.
 type Entry = (Credential, Arc<dyn CredentialSource>);
 
+/// What a gateway-managed sidecar adds: the delivered secrets and the workload-token minter.
+#[derive(Debug, Clone)]
+pub struct GatewayCredentials {
+    pub delivered: Arc<DeliveredStore>,
+    pub workload: Arc<dyn WorkloadTokens>,
+}
+
 /// Sources by credential name, rebuilt lazily when a policy generation changes a definition.
 #[derive(Debug, Default)]
 pub struct Registry {
     sources: Mutex<HashMap<String, Entry>>,
+    gateway: Option<GatewayCredentials>,
+    token_grants: Option<token_grant::TokenGrantClient>,
 }
 
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry whose `secret` and `workloadToken` sources are served through the gateway.
+    pub fn with_gateway(gateway: GatewayCredentials) -> Self {
+        Self {
+            sources: Mutex::default(),
+            gateway: Some(gateway),
+            token_grants: None,
+        }
+    }
+
+    /// Serve `tokenGrant` sources through `client` (Workload API, TLS trust, token cache).
+    pub fn with_token_grants(mut self, client: token_grant::TokenGrantClient) -> Self {
+        self.token_grants = Some(client);
+        self
+    }
+
+    /// Whether credential `name` (as `def` defines it) may be injected on a request to
+    /// `host:port` with the normalised `path` (`None` if the path cannot be normalised).
+    /// Only gateway-delivered secrets carry bindings; other sources are bound by the policy
+    /// rule that names them.
+    pub fn check_binding(
+        &self,
+        name: &str,
+        def: &Credential,
+        host: &str,
+        port: u16,
+        path: Option<&str>,
+    ) -> Result<(), EndpointMismatch> {
+        match (&def.from, &self.gateway) {
+            (SourceSpec::Secret { .. }, Some(gw)) => gw.delivered.check(name, host, port, path),
+            _ => Ok(()),
+        }
     }
 
     /// The source for `name` as `def` defines it (re-created if the definition changed).
@@ -115,11 +169,25 @@ impl Registry {
         let src: Arc<dyn CredentialSource> = match &def.from {
             SourceSpec::File(path) => Arc::new(FileSource::new(path.into())),
             SourceSpec::Env(var) => Arc::new(EnvSource::new(var)),
-            SourceSpec::Secret { .. } => Arc::new(Unavailable("secret (gateway-held secrets)")),
-            SourceSpec::TokenGrant(_) => Arc::new(Unavailable("tokenGrant (SPIFFE token grants)")),
-            SourceSpec::WorkloadToken { .. } => {
-                Arc::new(Unavailable("workloadToken (gateway workload tokens)"))
-            }
+            SourceSpec::Secret { .. } => match &self.gateway {
+                Some(gw) => Arc::new(delivered::DeliveredSource {
+                    store: gw.delivered.clone(),
+                    name: name.to_owned(),
+                }),
+                None => Arc::new(Unavailable(
+                    "secret (gateway-held secrets need --gateway, not --policy)",
+                )),
+            },
+            SourceSpec::TokenGrant(grant) => match &self.token_grants {
+                Some(client) => Arc::new(token_grant::TokenGrantSource::new(grant, client.clone())),
+                None => Arc::new(Unavailable("tokenGrant (no token-grant client configured)")),
+            },
+            SourceSpec::WorkloadToken { audience } => match &self.gateway {
+                Some(gw) => Arc::new(WorkloadTokenSource::new(audience, gw.workload.clone())),
+                None => Arc::new(Unavailable(
+                    "workloadToken (gateway workload tokens need --gateway, not --policy)",
+                )),
+            },
         };
         map.insert(name.to_owned(), (def.clone(), src.clone()));
         src

@@ -32,9 +32,72 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Policy file (YAML or JSON). Re-read every second; a broken new version is
-    /// refused and the last good one stays in force.
-    #[arg(long, env = "PALISADE_POLICY", value_name = "FILE")]
-    pub policy: PathBuf,
+    /// refused and the last good one stays in force. Exclusive with --gateway.
+    #[arg(
+        long,
+        env = "PALISADE_POLICY",
+        value_name = "FILE",
+        conflicts_with = "gateway"
+    )]
+    pub policy: Option<PathBuf>,
+
+    /// The Palisade gateway (https://host:port): the sidecar gets its identity, policy,
+    /// credentials and relay requests from there. Exclusive with --policy.
+    #[arg(long, env = "PALISADE_GATEWAY", value_name = "URL")]
+    pub gateway: Option<String>,
+
+    /// CA certificates (PEM) that verify the gateway's TLS certificate. Default: the webpki
+    /// roots and the system bundle.
+    #[arg(
+        long,
+        env = "PALISADE_GATEWAY_CA",
+        value_name = "FILE",
+        requires = "gateway"
+    )]
+    pub gateway_ca: Option<PathBuf>,
+
+    /// LOCAL DRIVER / TESTS ONLY: allow a plaintext http:// gateway on a non-loopback
+    /// address (a veth of a namespace on the same host). Never use it across a network.
+    #[arg(
+        long,
+        env = "PALISADE_GATEWAY_INSECURE_PLAINTEXT",
+        requires = "gateway"
+    )]
+    pub gateway_insecure_plaintext: bool,
+
+    /// This sandbox's id (`sbx-…`), as the gateway registered it.
+    #[arg(
+        long,
+        env = "PALISADE_SANDBOX_ID",
+        value_name = "ID",
+        requires = "gateway"
+    )]
+    pub sandbox_id: Option<String>,
+
+    /// One-time bootstrap token file (`pbt_…`, written by the local driver). Read once at
+    /// start; the token cannot be reused.
+    #[arg(
+        long,
+        env = "PALISADE_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "gateway",
+        conflicts_with = "k8s_sa_token_file"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Projected Kubernetes ServiceAccount token (sidecar-only mount), re-read on every
+    /// bootstrap.
+    #[arg(
+        long,
+        env = "PALISADE_K8S_SA_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "gateway"
+    )]
+    pub k8s_sa_token_file: Option<PathBuf>,
+
+    /// The agent shim's session socket; relay streams from the gateway are spliced to it.
+    #[arg(long, env = "PALISADE_SHIM_SOCKET", value_name = "PATH", default_value = DEFAULT_SHIM_SOCKET)]
+    pub shim_socket: PathBuf,
 
     /// Transparent egress port (the capture rules redirect agent TCP here); bound on
     /// 0.0.0.0 and [::].
@@ -122,6 +185,11 @@ pub struct RunArgs {
     #[arg(long, env = "PALISADE_UPSTREAM_CA", value_name = "FILE")]
     pub upstream_ca: Option<PathBuf>,
 
+    /// The SPIFFE Workload API socket (a path or `unix:` URI) that `tokenGrant` credentials
+    /// fetch JWT-SVIDs from; mount it into the sidecar only. Default: `SPIFFE_ENDPOINT_SOCKET`.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "PATH")]
+    pub spiffe_endpoint_socket: Option<String>,
+
     /// Largest request head (HTTP/1) / header list (HTTP/2) accepted on inspected
     /// connections; larger ones get 431.
     #[arg(long, env = "PALISADE_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES,
@@ -129,6 +197,8 @@ pub struct RunArgs {
     pub max_header_bytes: u32,
 }
 
+/// Default of `--shim-socket`.
+pub const DEFAULT_SHIM_SOCKET: &str = "/var/run/palisade/shim.sock";
 /// Default of `--shared-dir`.
 pub const DEFAULT_SHARED_DIR: &str = "/var/run/palisade";
 /// Default of `--max-header-bytes`.
@@ -158,7 +228,8 @@ fn default_admin_addrs() -> Vec<SocketAddr> {
 /// Everything `run` needs, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub policy: PathBuf,
+    /// Where the policy (and, with a gateway, identity and credentials) come from.
+    pub origin: Origin,
     pub outbound: Vec<SocketAddr>,
     pub explicit: Vec<SocketAddr>,
     pub dns_listen: Vec<SocketAddr>,
@@ -175,7 +246,16 @@ pub struct Config {
     pub log_format: LogFormat,
     pub ready_file: Option<PathBuf>,
     pub tls: crate::tls::TlsSettings,
+    /// The SPIFFE Workload API for token grants (`None`: grants fail closed, saying so).
+    pub spiffe_endpoint_socket: Option<String>,
     pub max_header_bytes: u32,
+}
+
+/// `--policy FILE` or `--gateway URL …`.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    File(PathBuf),
+    Gateway(crate::identity::GatewaySettings),
 }
 
 /// The per-connection time limits.
@@ -218,8 +298,30 @@ impl Config {
                 SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
             ]
         };
+        let origin = match (args.policy, args.gateway) {
+            (Some(path), None) => Origin::File(path),
+            (None, Some(url)) => Origin::Gateway(crate::identity::GatewaySettings::from_flags(
+                crate::identity::GatewayFlags {
+                    url,
+                    ca: args.gateway_ca,
+                    insecure_plaintext: args.gateway_insecure_plaintext,
+                    sandbox_id: args.sandbox_id,
+                    token_file: args.token_file,
+                    k8s_sa_token_file: args.k8s_sa_token_file,
+                    shim_socket: args.shim_socket,
+                },
+            )?),
+            (Some(_), Some(_)) => anyhow::bail!(
+                "--policy and --gateway are mutually exclusive; pass --policy FILE for a \
+                 standalone sidecar or --gateway URL to get the policy from the gateway"
+            ),
+            (None, None) => anyhow::bail!(
+                "no policy: pass --policy FILE (standalone) or --gateway URL --sandbox-id ID \
+                 --token-file PATH (managed by a gateway)"
+            ),
+        };
         Ok(Self {
-            policy: args.policy,
+            origin,
             outbound: any(args.outbound_port),
             explicit: loopback(args.explicit_proxy_port),
             dns_listen: loopback(args.dns_port),
@@ -246,6 +348,7 @@ impl Config {
                 ca_validity: args.ca_validity,
                 upstream_ca: args.upstream_ca,
             },
+            spiffe_endpoint_socket: args.spiffe_endpoint_socket.filter(|s| !s.is_empty()),
             max_header_bytes: args.max_header_bytes,
         })
     }
@@ -310,7 +413,7 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ports_and_timeouts() {
         let c = parse(&["--policy", "/p.yaml"]).unwrap();
-        assert_eq!(c.policy, PathBuf::from("/p.yaml"));
+        assert!(matches!(&c.origin, Origin::File(p) if p == &PathBuf::from("/p.yaml")));
         assert_eq!(
             c.outbound,
             vec![
@@ -389,7 +492,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_a_hint() {
-        assert!(parse(&[]).unwrap_err().contains("--policy"));
+        assert!(parse(&[]).unwrap_err().contains("--policy FILE"));
         assert!(
             parse(&["--policy=/p", "--connect-timeout=0s"])
                 .unwrap_err()

@@ -8,9 +8,14 @@
 //! verified upstream address (reused across requests while it stays valid). For inspected
 //! connections also: Host = SNI (421), smuggling-prone framing (400, close), the rule's
 //! credential (fail closed with 502), and verified TLS towards the upstream.
+//! HTTP/1 request heads are checked byte for byte before hyper parses them ([`head`]): CL+TE,
+//! several Content-Length, a Transfer-Encoding other than `chunked`, bare LF, obs-fold and
+//! several Host headers are answered 400 and the connection is closed.
 //! Must never: let a later request on a keep-alive connection reach a host the first request
 //! was not checked for (every request is decided anew), forward `Proxy-Authorization` or
 //! other hop-by-hop headers, or dial anything but a decision's addresses.
+
+mod head;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +51,7 @@ use super::pool::PoolKey;
 use super::splice::splice;
 use super::upstream;
 use crate::credentials::{CredentialError, header_for};
+use head::{HeadCheck, Problem, Start};
 
 /// Body of every answer to the agent.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -134,6 +140,35 @@ pub fn server_builder(shared: &Shared) -> hyper::server::conn::http1::Builder {
     builder
 }
 
+/// The agent-side stream of an HTTP proxy with every HTTP/1 request head checked
+/// ([`head`]); a refused head is counted, audited, answered and ends the connection.
+fn checked<I>(io: I, start: Start, limit: usize, proxy: &HttpProxy) -> HeadCheck<I> {
+    let shared = proxy.shared.clone();
+    let info = proxy.info.clone();
+    let name = match &proxy.target {
+        Target::Inspected(conn) => Some(conn.sni.clone()),
+        Target::Tunnel { host, .. } => Some(host.clone()),
+        Target::Original(_) | Target::Absolute => None,
+    };
+    let report = move |problem: Problem| {
+        shared.metrics.bad_input(problem.kind());
+        let dst = info.original_dst.map(|d| d.to_string());
+        tracing::warn!(
+            target: "audit",
+            event = "request_refused",
+            reason = problem.kind().as_str(),
+            status = problem.status(),
+            listener = info.listener.as_str(),
+            client = %info.client,
+            original_dst = dst.as_deref().unwrap_or("-"),
+            name = name.as_deref().unwrap_or("-"),
+            "HTTP request refused before the upstream ({}); connection closed",
+            problem.message()
+        );
+    };
+    HeadCheck::new(io, start, limit, Box::new(report))
+}
+
 /// The bad-input kind a hyper server error stands for, if any.
 pub fn bad_input_of(
     err: &hyper::Error,
@@ -164,7 +199,9 @@ where
         let p = p.clone();
         async move { Ok::<_, Infallible>(p.handle(req).await) }
     });
+    let io = checked(io, Start::Http1, MAX_HEAD, &proxy);
     let conn = server_builder(&shared)
+        .half_close(true)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -208,12 +245,14 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(shared.timeouts.peek)
         .max_buf_size(max.max(8192))
+        .half_close(true)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(shared.max_header_bytes)
         .max_concurrent_streams(100);
+    let io = checked(io, Start::Http1OrH2, max, &proxy);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut draining = false;
@@ -270,16 +309,25 @@ const MULTIPLE_HOSTS: &str = "more than one Host header";
 
 /// Refuse requests whose framing could be read differently by another HTTP implementation
 /// (request smuggling): both Content-Length and Transfer-Encoding, or several Content-Length.
-fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
+/// HTTP/1 heads never get here like that ([`head`] refused them on the raw bytes); this is
+/// the same rule for what HTTP/2 hands over.
+fn framing_problem(req: &Request<Incoming>) -> Option<Problem> {
     let h = req.headers();
     let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
-    if cl > 1 {
-        return Some("more than one Content-Length header");
+    if cl > 0 && h.contains_key(header::TRANSFER_ENCODING) {
+        return Some(Problem::ClAndTe);
     }
-    if cl == 1 && h.contains_key(header::TRANSFER_ENCODING) {
-        return Some("both Content-Length and Transfer-Encoding");
+    if cl > 1 {
+        return Some(Problem::DuplicateContentLength);
     }
     None
+}
+
+/// Whether an HTTP/1 request asks to switch protocols; unless the answer is 101, its
+/// connection is closed after the answer ([`head`] stops checking after such a request).
+fn switch_requested(req: &Request<Incoming>) -> bool {
+    req.version() <= Version::HTTP_11
+        && (req.method() == http::Method::CONNECT || req.headers().contains_key(header::UPGRADE))
 }
 
 impl HttpProxy {
@@ -287,7 +335,12 @@ impl HttpProxy {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let class = method_class(req.method());
         let start = std::time::Instant::now();
-        let (resp, rule) = self.handle_inner(req).await;
+        let switch = switch_requested(&req);
+        let (mut resp, rule) = self.handle_inner(req).await;
+        if switch && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let metrics = &self.shared.metrics;
         metrics
             .http_responses
@@ -336,13 +389,18 @@ impl HttpProxy {
         let policy = self.shared.policy.borrow().clone();
         let framing = framing_problem(&req);
         let target = match framing {
-            Some(why) => Err(why),
+            Some(problem) => Err(problem.message()),
             None => self.request_target(&req),
         };
         let (host, port) = match target {
             Ok(t) => t,
             Err(why) => {
-                self.shared.metrics.bad_input(BadInput::MalformedHttp);
+                let kind = match framing {
+                    Some(problem) => problem.kind(),
+                    None if why == MULTIPLE_HOSTS => BadInput::MultipleHost,
+                    None => BadInput::MalformedHttp,
+                };
+                self.shared.metrics.bad_input(kind);
                 let mut resp = json_response(
                     StatusCode::BAD_REQUEST,
                     &error_body("bad_request", why, None),
@@ -432,8 +490,37 @@ impl HttpProxy {
             }
         };
         record(&self.shared.metrics, &outcome(Ok(&plan)));
+        // A gateway-delivered secret goes only to the endpoints it is bound to.
+        if inspected
+            && let Some(name) = plan.rule.and_then(|id| policy.rule(id).credential())
+            && let Some(def) = policy.credential(name)
+            && let Err(why) = self.shared.credentials.check_binding(
+                name,
+                def,
+                &host,
+                port,
+                normalize_path(req.uri().path()).as_deref(),
+            )
+        {
+            tracing::warn!(target: "audit", event = "credential_endpoint_mismatch", credential = name,
+                rule = plan.rule_label.as_str(), policy = policy.name(), client = %self.info.client,
+                name = host.as_str(), port, "credential not bound to this endpoint; request refused");
+            discard(req);
+            let body = error_body(
+                "credential_endpoint_mismatch",
+                &why.to_string(),
+                Some(&host),
+            );
+            return (
+                json_response(StatusCode::FORBIDDEN, &body),
+                plan.rule_label.clone(),
+            );
+        }
         let injection = if inspected {
-            match self.credential(&policy, &plan, &host).await {
+            // Normalised like the rule match (a path that cannot be normalised was refused).
+            let path =
+                normalize_path(req.uri().path()).unwrap_or_else(|| req.uri().path().to_owned());
+            match self.credential(&policy, &plan, &host, port, &path).await {
                 Ok(injection) => injection,
                 Err(resp) => {
                     discard(req);
@@ -455,6 +542,8 @@ impl HttpProxy {
         policy: &CompiledPolicy,
         plan: &Plan,
         host: &str,
+        port: u16,
+        path: &str,
     ) -> Result<Option<(HeaderName, HeaderValue)>, Response<Body>> {
         let Some(name) = plan.rule.and_then(|id| policy.rule(id).credential()) else {
             return Ok(None);
@@ -466,7 +555,8 @@ impl HttpProxy {
             Some(def) => {
                 let source = self.shared.credentials.source(name, def);
                 kind = source.kind();
-                match source.get().await {
+                let target = crate::credentials::token_grant::RequestTarget { host, port, path };
+                match source.get_for(&target).await {
                     Ok(secret) => header_for(def, &secret).map(|h| (h, secret.fingerprint())),
                     Err(err) => Err(err),
                 }

@@ -95,10 +95,22 @@ pub enum BadInput {
     Garbage,
     /// A connection to the transparent port that the capture rules did not redirect.
     NotRedirected,
+    /// HTTP/1 request with both Content-Length and Transfer-Encoding (answered 400).
+    ClAndTe,
+    /// HTTP/1 request with more than one Content-Length (answered 400).
+    DuplicateContentLength,
+    /// HTTP/1 request whose Transfer-Encoding is not exactly `chunked` (answered 400).
+    BadTransferEncoding,
+    /// HTTP/1 request head with a line feed not preceded by a carriage return (answered 400).
+    BareLf,
+    /// HTTP/1 request head with an obsolete folded header line (answered 400).
+    ObsFold,
+    /// Request with more than one Host header (answered 400).
+    MultipleHost,
 }
 
 impl BadInput {
-    pub const ALL: [BadInput; 7] = [
+    pub const ALL: [BadInput; 13] = [
         BadInput::MalformedClientHello,
         BadInput::ClientHelloTooLarge,
         BadInput::MalformedHttp,
@@ -106,6 +118,12 @@ impl BadInput {
         BadInput::PeekTimeout,
         BadInput::Garbage,
         BadInput::NotRedirected,
+        BadInput::ClAndTe,
+        BadInput::DuplicateContentLength,
+        BadInput::BadTransferEncoding,
+        BadInput::BareLf,
+        BadInput::ObsFold,
+        BadInput::MultipleHost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +135,12 @@ impl BadInput {
             BadInput::PeekTimeout => "peek_timeout",
             BadInput::Garbage => "garbage",
             BadInput::NotRedirected => "not_redirected",
+            BadInput::ClAndTe => "cl_and_te",
+            BadInput::DuplicateContentLength => "duplicate_content_length",
+            BadInput::BadTransferEncoding => "bad_transfer_encoding",
+            BadInput::BareLf => "bare_lf",
+            BadInput::ObsFold => "obs_fold",
+            BadInput::MultipleHost => "multiple_host",
         }
     }
 }

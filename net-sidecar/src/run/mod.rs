@@ -20,7 +20,7 @@
 //! * [`pool`] — idle upstream connections of inspected traffic.
 //! * [`audit`] — counters, audit events and 403 bodies from one outcome.
 //! * [`metrics`] / [`admin`] — the registry and `/live`, `/ready`, `/metrics`.
-//! * [`policy_source`] — loading and hot-reloading the policy file.
+//! * [`policy_source`] — the policy from a file (hot-reloaded) or from the gateway session.
 //! * [`shutdown`] — readiness, ready file, signals, drain.
 //!
 //! Must never: run with privileges (ports ≥ 1024 only, no capabilities), dial an
@@ -59,10 +59,11 @@ use tokio::sync::{Semaphore, watch};
 use tracing_subscriber::EnvFilter;
 
 pub use self::config::RunArgs;
-use self::config::{Config, LogFormat, Timeouts};
+use self::config::{Config, LogFormat, Origin, Timeouts};
 use self::decide::Decider;
 use self::metrics::Metrics;
 use self::policy_source::PolicySource;
+pub use self::policy_source::PolicyUpdate;
 use self::resolve::SystemResolver;
 use self::shutdown::{ReadyFile, State};
 use crate::dns::{self, AnswerCache, DnsConfig, DnsMetrics};
@@ -89,26 +90,42 @@ pub struct Shared {
 /// Entry point of `palisade-sidecar run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::from_args(args)?;
-    init_logging(config.log_format);
+    // With a gateway, audit events are also pushed there (bounded buffer, drop-oldest).
+    let audit = match &config.origin {
+        Origin::Gateway(_) => Some(crate::identity::audit_push::AuditBuffer::new(
+            crate::identity::audit_push::AUDIT_BUFFER_CAPACITY,
+        )?),
+        Origin::File(_) => None,
+    };
+    init_logging(
+        config.log_format,
+        audit.clone().map(crate::identity::audit_push::AuditLayer),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("palisade-dataplane")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, audit))
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, audit: Option<crate::identity::audit_push::AuditLayer>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // The audit layer sees every `audit` event regardless of the log filter.
+    let registry = tracing_subscriber::registry().with(audit);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
+        LogFormat::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     if let Err(err) = result {
@@ -129,9 +146,46 @@ struct Running {
     bound: Vec<(&'static str, SocketAddr)>,
 }
 
-async fn start(config: &Config) -> anyhow::Result<Running> {
+async fn start(
+    config: &Config,
+    audit: Option<Arc<crate::identity::audit_push::AuditBuffer>>,
+) -> anyhow::Result<Running> {
     let metrics = Metrics::new().context("cannot register metrics")?;
-    let source = PolicySource::load(config.policy.clone(), metrics.clone()).await?;
+    // Admin first: /live answers (and /ready says "starting") while the policy is awaited.
+    let state = State::new();
+    let admin = listener::bind_all("admin (/live, /ready, /metrics)", &config.admin)?;
+    let mut bound = Vec::new();
+    bound.extend(
+        admin
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| ("admin", a)),
+    );
+    for l in admin {
+        tokio::spawn(admin::serve(l, state.clone(), metrics.clone()));
+    }
+    let (source, credentials) = match &config.origin {
+        Origin::File(path) => (
+            PolicySource::load(path.clone(), metrics.clone()).await?,
+            crate::credentials::Registry::new(),
+        ),
+        Origin::Gateway(gateway) => {
+            let audit = match audit {
+                Some(a) => a,
+                None => crate::identity::audit_push::AuditBuffer::new(
+                    crate::identity::audit_push::AUDIT_BUFFER_CAPACITY,
+                )?,
+            };
+            // Not ready until the first JWT (here) and the first policy (below) are in hand.
+            let started = crate::identity::start(gateway, metrics.registry(), audit).await?;
+            tracing::info!(gateway = %gateway.base, sandbox = %gateway.sandbox_id,
+                "sandbox identity established; waiting for the policy");
+            (
+                PolicySource::from_gateway(started.policy_updates, metrics.clone()).await?,
+                crate::credentials::Registry::with_gateway(started.credentials),
+            )
+        }
+    };
     let policy = source.subscribe();
 
     let upstreams = if config.dns_upstreams.is_empty() {
@@ -155,17 +209,10 @@ async fn start(config: &Config) -> anyhow::Result<Running> {
     };
     let dns_server = dns::bind(&dns_config).await?;
 
-    let state = State::new();
-    let admin = listener::bind_all("admin (/live, /ready, /metrics)", &config.admin)?;
     let outbound = listener::bind_all("transparent egress", &config.outbound)?;
     let explicit = listener::bind_all("the explicit proxy", &config.explicit)?;
 
-    let mut bound = Vec::new();
-    for (what, ls) in [
-        ("admin", &admin),
-        ("transparent", &outbound),
-        ("explicit", &explicit),
-    ] {
+    for (what, ls) in [("transparent", &outbound), ("explicit", &explicit)] {
         bound.extend(
             ls.iter()
                 .filter_map(|l| l.local_addr().ok())
@@ -184,9 +231,19 @@ async fn start(config: &Config) -> anyhow::Result<Running> {
             .context("cannot set up TLS interception")?,
     );
     tokio::spawn(ca_maintenance(tls.clone(), policy.clone()));
+    let grants = crate::credentials::token_grant::TokenGrantClient::new(
+        crate::credentials::token_grant::TokenGrantConfig {
+            workload_api: config.spiffe_endpoint_socket.clone(),
+            ..Default::default()
+        },
+        tls.client.clone(),
+        crate::credentials::token_grant::TokenGrantMetrics::new(metrics.registry())
+            .context("cannot register token-grant metrics")?,
+    );
+    let credentials = credentials.with_token_grants(grants);
     let shared = Arc::new(Shared {
         tls,
-        credentials: Arc::new(crate::credentials::Registry::new()),
+        credentials: Arc::new(credentials),
         max_header_bytes: config.max_header_bytes,
         pool: Arc::new(pool::UpstreamPool::new()),
         policy: policy.clone(),
@@ -200,9 +257,6 @@ async fn start(config: &Config) -> anyhow::Result<Running> {
     });
     let limit = Arc::new(Semaphore::new(config.max_connections as usize));
 
-    for l in admin {
-        tokio::spawn(admin::serve(l, state.clone(), metrics.clone()));
-    }
     tokio::spawn(dns_server.run(policy, cache, dns_metrics));
     tokio::spawn(source.watch());
     for l in outbound {
@@ -256,8 +310,11 @@ async fn ca_maintenance(
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<ExitCode> {
-    let running = start(&config).await?;
+async fn run(
+    config: Config,
+    audit: Option<Arc<crate::identity::audit_push::AuditBuffer>>,
+) -> anyhow::Result<ExitCode> {
+    let running = start(&config, audit).await?;
     let ready_file = config.ready_file.clone().map(ReadyFile);
     if let Some(f) = &ready_file {
         f.write()?;

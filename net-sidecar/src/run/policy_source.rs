@@ -1,8 +1,12 @@
-//! Where the policy comes from: `--policy FILE`, loaded at start and hot-reloaded.
+//! Where the policy comes from: `--policy FILE` (loaded at start and hot-reloaded), or the
+//! gateway session (`--gateway`: each `Policy` event is handed over as [`PolicyUpdate`]).
 //!
 //! Owns: reading (bounded by [`MAX_POLICY_BYTES`]), parsing, validating and compiling the
-//! file; publishing each new generation on a `watch` channel (new connections see it, open
-//! ones keep theirs); the generation gauge and the reload-failure counter.
+//! file or the delivered text; publishing each new generation on a `watch` channel (new
+//! connections see it, open ones keep theirs); the generation gauge and the reload-failure
+//! counter. Both feeds share the same rule: a broken policy is refused and the last good one
+//! stays; there is never an empty or placeholder policy (the gateway feed does not return
+//! from start-up until the first valid policy arrived).
 //! The file is polled once per [`POLL_INTERVAL`] and compared byte for byte, which is robust
 //! to editors' write-to-temp-and-rename, to ConfigMap `..data` symlink swaps, and to
 //! filesystems without inotify.
@@ -15,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use palisade_policy::{CompiledPolicy, MAX_POLICY_BYTES, parse_policy};
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::metrics::Metrics;
 
@@ -39,20 +43,46 @@ async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Parse, validate and compile, with an operator-facing error listing every problem.
 fn compile(path: &Path, bytes: &[u8]) -> anyhow::Result<CompiledPolicy> {
+    compile_named(&path.display().to_string(), bytes)
+}
+
+fn compile_named(what: &str, bytes: &[u8]) -> anyhow::Result<CompiledPolicy> {
+    anyhow::ensure!(
+        bytes.len() <= MAX_POLICY_BYTES,
+        "policy {what} is larger than the {MAX_POLICY_BYTES}-byte limit"
+    );
     let policy = parse_policy(bytes).map_err(|errors| {
         anyhow::anyhow!(
-            "policy {} is invalid; fix these problems (check it with `palisade policy validate`):\n{errors}",
-            path.display()
+            "policy {what} is invalid; fix these problems (check it with `palisade policy validate`):\n{errors}"
         )
     })?;
     Ok(CompiledPolicy::compile(&policy))
 }
 
+/// A policy document delivered by the gateway session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyUpdate {
+    pub revision: u64,
+    pub text: String,
+}
+
+#[derive(Debug)]
+enum Feed {
+    File {
+        path: PathBuf,
+        last_bytes: Vec<u8>,
+    },
+    Gateway {
+        updates: mpsc::Receiver<PolicyUpdate>,
+        /// Revision and text last seen (applied or refused), to count each once.
+        last: PolicyUpdate,
+    },
+}
+
 /// The live policy and its source.
 #[derive(Debug)]
 pub struct PolicySource {
-    path: PathBuf,
-    last_bytes: Vec<u8>,
+    feed: Feed,
     tx: watch::Sender<Arc<CompiledPolicy>>,
     metrics: Metrics,
 }
@@ -72,11 +102,86 @@ impl PolicySource {
         metrics.policy_generation.set(1);
         let (tx, _) = watch::channel(Arc::new(policy));
         Ok(Self {
-            path,
-            last_bytes: bytes,
+            feed: Feed::File {
+                path,
+                last_bytes: bytes,
+            },
             tx,
             metrics,
         })
+    }
+
+    /// Wait for the first valid policy from the gateway (refusing broken ones); fails only
+    /// if the session side went away for good.
+    pub async fn from_gateway(
+        mut updates: mpsc::Receiver<PolicyUpdate>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        loop {
+            let Some(update) = updates.recv().await else {
+                anyhow::bail!("the gateway session ended before it delivered a policy");
+            };
+            match compile_named(
+                &format!("revision {} from the gateway", update.revision),
+                update.text.as_bytes(),
+            ) {
+                Ok(policy) => {
+                    tracing::info!(
+                        revision = update.revision,
+                        policy = policy.name(),
+                        generation = 1,
+                        "policy received from the gateway"
+                    );
+                    metrics.policy_generation.set(1);
+                    let (tx, _) = watch::channel(Arc::new(policy));
+                    return Ok(Self {
+                        feed: Feed::Gateway {
+                            updates,
+                            last: update,
+                        },
+                        tx,
+                        metrics,
+                    });
+                }
+                Err(err) => {
+                    metrics.policy_reload_failures.inc();
+                    tracing::error!(error = %format!("{err:#}"),
+                        "refusing the gateway's policy; still waiting for a valid one (not ready)");
+                }
+            }
+        }
+    }
+
+    /// Apply one gateway update: publish it if it is new and valid, else keep the last good.
+    fn apply(&mut self, update: PolicyUpdate) {
+        let Feed::Gateway { last, .. } = &mut self.feed else {
+            return;
+        };
+        if *last == update {
+            return;
+        }
+        *last = update.clone();
+        match compile_named(
+            &format!("revision {} from the gateway", update.revision),
+            update.text.as_bytes(),
+        ) {
+            Ok(policy) => {
+                let generation = self.metrics.policy_generation.get() + 1;
+                tracing::info!(
+                    revision = update.revision,
+                    policy = policy.name(),
+                    generation,
+                    "policy updated from the gateway"
+                );
+                self.tx.send_replace(Arc::new(policy));
+                self.metrics.policy_generation.set(generation);
+            }
+            Err(err) => {
+                self.metrics.policy_reload_failures.inc();
+                tracing::warn!(error = %format!("{err:#}"),
+                    "refusing the gateway's policy; keeping the last good policy");
+            }
+        }
     }
 
     /// A receiver of the current and future generations.
@@ -87,27 +192,30 @@ impl PolicySource {
     /// Re-read the file once; publish a new generation if its content changed and is valid.
     /// Each distinct broken content is counted and logged once.
     pub async fn poll_once(&mut self) {
-        let bytes = match read_bounded(&self.path).await {
+        let Feed::File { path, last_bytes } = &mut self.feed else {
+            return;
+        };
+        let bytes = match read_bounded(path).await {
             Ok(bytes) => bytes,
             Err(err) => {
                 // Remember "unreadable" as an empty content so the failure is counted once.
-                if !self.last_bytes.is_empty() {
-                    self.last_bytes.clear();
+                if !last_bytes.is_empty() {
+                    last_bytes.clear();
                     self.metrics.policy_reload_failures.inc();
-                    tracing::warn!(path = %self.path.display(), error = %err,
+                    tracing::warn!(path = %path.display(), error = %err,
                         "cannot re-read the policy file; keeping the last good policy");
                 }
                 return;
             }
         };
-        if bytes == self.last_bytes {
+        if bytes == *last_bytes {
             return;
         }
-        self.last_bytes = bytes;
-        match compile(&self.path, &self.last_bytes) {
+        *last_bytes = bytes;
+        match compile(path, last_bytes) {
             Ok(policy) => {
                 let generation = self.metrics.policy_generation.get() + 1;
-                tracing::info!(path = %self.path.display(), policy = policy.name(), generation, "policy reloaded");
+                tracing::info!(path = %path.display(), policy = policy.name(), generation, "policy reloaded");
                 self.tx.send_replace(Arc::new(policy));
                 self.metrics.policy_generation.set(generation);
             }
@@ -118,8 +226,20 @@ impl PolicySource {
         }
     }
 
-    /// Poll forever.
+    /// Follow the feed forever (file: poll; gateway: apply each update).
     pub async fn watch(mut self) {
+        if matches!(self.feed, Feed::Gateway { .. }) {
+            loop {
+                let Feed::Gateway { updates, .. } = &mut self.feed else {
+                    return;
+                };
+                let Some(update) = updates.recv().await else {
+                    tracing::warn!("the gateway policy feed closed; keeping the last good policy");
+                    return;
+                };
+                self.apply(update);
+            }
+        }
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -193,6 +313,58 @@ mod tests {
                 .0
                 .is_allow()
         );
+    }
+
+    #[tokio::test]
+    async fn gateway_feed_refuses_bad_policies_and_keeps_the_last_good() {
+        let metrics = Metrics::new().unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let upd = |revision, text: &str| PolicyUpdate {
+            revision,
+            text: text.to_owned(),
+        };
+        // A broken first policy is refused; start-up waits for a valid one.
+        tx.send(upd(1, "apiVersion: nope\n")).await.unwrap();
+        tx.send(upd(2, POLICY)).await.unwrap();
+        let source = PolicySource::from_gateway(rx, metrics.clone())
+            .await
+            .unwrap();
+        assert_eq!(metrics.policy_reload_failures.get(), 1);
+        let policy = source.subscribe();
+        assert!(
+            policy
+                .borrow()
+                .match_connection("allowed.test", 443)
+                .0
+                .is_allow()
+        );
+        tokio::spawn(source.watch());
+        let mut seen = policy.clone();
+        tx.send(upd(3, &POLICY.replace("allowed.test", "next.test")))
+            .await
+            .unwrap();
+        seen.changed().await.unwrap();
+        assert!(
+            policy
+                .borrow()
+                .match_connection("next.test", 443)
+                .0
+                .is_allow()
+        );
+        // Broken and oversized updates are refused; the last good stays.
+        tx.send(upd(4, "kind: Policy\n")).await.unwrap();
+        tx.send(upd(5, &"#".repeat(MAX_POLICY_BYTES + 1)))
+            .await
+            .unwrap();
+        tx.send(upd(6, POLICY)).await.unwrap();
+        seen.changed().await.unwrap();
+        assert_eq!(metrics.policy_reload_failures.get(), 3);
+        assert_eq!(metrics.policy_generation.get(), 3);
+        // No policy ever: start-up fails with a reason instead of running without one.
+        let (tx, rx) = mpsc::channel(1);
+        drop(tx);
+        let err = PolicySource::from_gateway(rx, metrics).await.unwrap_err();
+        assert!(err.to_string().contains("before it delivered a policy"));
     }
 
     #[tokio::test]

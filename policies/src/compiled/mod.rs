@@ -34,6 +34,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
+pub use self::glob::PathGlob;
 use self::http::HttpOutcome;
 pub use self::http::{READ_ONLY_METHODS, READ_WRITE_METHODS, access_label};
 pub use self::rule::{CompiledRule, effective_tls};

@@ -7,6 +7,7 @@ use super::{Problems, syntax};
 use crate::error::FieldPath;
 use crate::host::{self, HostPattern};
 use crate::model::{Credential, CredentialSource, Injection, Policy, TokenGrant};
+use crate::model::{GrantOverride, OverrideSelector};
 
 /// Headers a credential may not be injected as: they carry message framing,
 /// routing or hop-by-hop meaning, and rewriting them would corrupt the request
@@ -45,11 +46,17 @@ pub fn check(policy: &Policy, spec: &FieldPath, out: &mut Problems) {
                 ),
             );
         }
-        check_credential(credential, &path, out);
+        check_credential(policy, name, credential, &path, out);
     }
 }
 
-fn check_credential(credential: &Credential, path: &FieldPath, out: &mut Problems) {
+fn check_credential(
+    policy: &Policy,
+    name: &str,
+    credential: &Credential,
+    path: &FieldPath,
+    out: &mut Problems,
+) {
     let from = path.key("from");
     match &credential.from {
         CredentialSource::Secret { name, key } => {
@@ -88,7 +95,9 @@ fn check_credential(credential: &Credential, path: &FieldPath, out: &mut Problem
                 );
             }
         }
-        CredentialSource::TokenGrant(grant) => check_grant(grant, &from.key("tokenGrant"), out),
+        CredentialSource::TokenGrant(grant) => {
+            check_grant(policy, name, grant, &from.key("tokenGrant"), out)
+        }
         CredentialSource::WorkloadToken { audience } => {
             if !syntax::is_word(audience) {
                 out.push(
@@ -101,7 +110,13 @@ fn check_credential(credential: &Credential, path: &FieldPath, out: &mut Problem
     check_injection(&credential.inject, &path.key("inject"), out);
 }
 
-fn check_grant(grant: &TokenGrant, path: &FieldPath, out: &mut Problems) {
+fn check_grant(
+    policy: &Policy,
+    name: &str,
+    grant: &TokenGrant,
+    path: &FieldPath,
+    out: &mut Problems,
+) {
     if let Err(why) = check_token_endpoint(&grant.token_endpoint) {
         out.push(
             path.key("tokenEndpoint"),
@@ -125,19 +140,129 @@ fn check_grant(grant: &TokenGrant, path: &FieldPath, out: &mut Problems) {
             format!("audience `{audience}` is invalid: it may not be empty or contain whitespace"),
         );
     }
-    for (s, scope) in grant.scopes.iter().enumerate() {
+    check_scopes(&grant.scopes, &path.key("scopes"), out);
+    check_overrides(policy, name, &grant.overrides, &path.key("overrides"), out);
+}
+
+fn check_scopes(scopes: &[String], path: &FieldPath, out: &mut Problems) {
+    for (s, scope) in scopes.iter().enumerate() {
         if !syntax::is_word(scope) || scope.contains('"') || scope.contains('\\') {
             out.push(
-                path.key("scopes").index(s),
+                path.index(s),
                 format!("scope `{scope}` is invalid: scopes may not be empty or contain whitespace, `\"` or `\\`"),
             );
-        } else if grant.scopes[..s].contains(scope) {
+        } else if scopes[..s].contains(scope) {
             out.push(
-                path.key("scopes").index(s),
+                path.index(s),
                 format!("duplicate scope `{scope}`; remove it"),
             );
         }
     }
+}
+
+/// Per-endpoint overrides: valid selectors that some egress rule using this
+/// credential can reach, something to override, and no two selectors that can
+/// match the same request unless one is strictly more specific (its matches
+/// are a subset of the other's), so the most specific override is unique.
+fn check_overrides(
+    policy: &Policy,
+    name: &str,
+    overrides: &[GrantOverride],
+    path: &FieldPath,
+    out: &mut Problems,
+) {
+    let mut selectors: Vec<(usize, OverrideSelector)> = Vec::new();
+    for (i, o) in overrides.iter().enumerate() {
+        let at = path.index(i);
+        if o.audience.is_none() && o.scopes.is_none() {
+            out.push(
+                at.clone(),
+                "the override sets neither `audience` nor `scopes`; add one or remove the override"
+                    .to_owned(),
+            );
+        }
+        if let Some(audience) = &o.audience
+            && !syntax::is_word(audience)
+        {
+            out.push(
+                at.key("audience"),
+                format!(
+                    "audience `{audience}` is invalid: it may not be empty or contain whitespace"
+                ),
+            );
+        }
+        if let Some(scopes) = &o.scopes {
+            check_scopes(scopes, &at.key("scopes"), out);
+        }
+        let selector = match o.selector() {
+            Ok(s) => s,
+            Err((field, why)) => {
+                out.push(at.key(field), why);
+                continue;
+            }
+        };
+        if !reachable(policy, name, &selector) {
+            let port = selector
+                .port
+                .map(|p| format!(" port {p}"))
+                .unwrap_or_default();
+            out.push(
+                at.key("host"),
+                format!(
+                    "no egress rule with `credential: {name}` allows host `{}`{port}, so this \
+                     override would never apply; fix the host/port or add it to such a rule",
+                    o.host
+                ),
+            );
+        }
+        for (j, earlier) in &selectors {
+            if *earlier == selector {
+                out.push(
+                    at.clone(),
+                    format!("the override selects the same requests as overrides[{j}]; merge them"),
+                );
+            } else if selector.overlaps(earlier)
+                && !selector.within(earlier)
+                && !earlier.within(&selector)
+            {
+                out.push(
+                    at.clone(),
+                    format!(
+                        "the override overlaps overrides[{j}] (a request can match both) and \
+                         neither is more specific; give one of them a port or a longer path \
+                         so that it selects a subset of the other's requests"
+                    ),
+                );
+            }
+        }
+        selectors.push((i, selector));
+    }
+}
+
+/// Some egress rule using credential `name` covers the selector's host (and
+/// port, when it names one).
+fn reachable(policy: &Policy, name: &str, selector: &OverrideSelector) -> bool {
+    policy
+        .spec
+        .egress
+        .iter()
+        .filter(|r| r.credential.as_deref() == Some(name))
+        .filter(|r| {
+            selector
+                .port
+                .is_none_or(|p| r.ports.contains(&u32::from(p)))
+        })
+        .flat_map(|r| r.hosts.iter())
+        .any(|h| match host::parse_pattern(h) {
+            Ok(HostPattern::Exact(n)) => n == selector.host,
+            Ok(HostPattern::Ip(ip)) => ip.to_string() == selector.host,
+            Ok(HostPattern::Wildcard(parent)) => selector
+                .host
+                .strip_suffix(parent.as_str())
+                .and_then(|l| l.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            Err(_) => false,
+        })
 }
 
 /// `https://host[:port][/path]`; `http` only for loopback and in-cluster names.

@@ -977,6 +977,70 @@ fn token_grant_fields() {
     );
 }
 
+fn override_doc(overrides: &str) -> String {
+    grant_doc(
+        "https://a.example.com/t",
+        &format!("          audience: base\n          overrides:\n{overrides}"),
+    )
+}
+
+#[test]
+fn token_grant_overrides() {
+    let at = "spec.credentials.c.from.tokenGrant.overrides";
+    accepts(&override_doc(
+        "            - {host: api.example.com, audience: orders}\n\
+         \x20           - {host: api.example.com, path: /v1, audience: v1}\n\
+         \x20           - {host: api.example.com, port: 443, path: /v1/admin, scopes: [admin]}\n",
+    ));
+    // Port-only and path-only selectors on one host: a request to 443 /v1 matches both.
+    rejects(
+        &override_doc(
+            "            - {host: api.example.com, port: 443, audience: a}\n\
+             \x20           - {host: api.example.com, path: /v1, audience: b}\n",
+        ),
+        &format!("{at}[1]"),
+        "overlaps overrides[0]",
+    );
+    rejects(
+        &override_doc(
+            "            - {host: API.example.com., path: /v1/, audience: a}\n\
+             \x20           - {host: api.example.com, path: /v1, audience: b}\n",
+        ),
+        &format!("{at}[1]"),
+        "selects the same requests as overrides[0]",
+    );
+    rejects(
+        &override_doc("            - {host: api.example.com}\n"),
+        &format!("{at}[0]"),
+        "sets neither `audience` nor `scopes`",
+    );
+    rejects(
+        &override_doc("            - {host: other.example.com, audience: a}\n"),
+        &format!("{at}[0].host"),
+        "would never apply",
+    );
+    rejects(
+        &override_doc("            - {host: api.example.com, port: 8443, audience: a}\n"),
+        &format!("{at}[0].host"),
+        "would never apply",
+    );
+    rejects(
+        &override_doc("            - {host: \"*.example.com\", audience: a}\n"),
+        &format!("{at}[0].host"),
+        "wildcard",
+    );
+    rejects(
+        &override_doc("            - {host: api.example.com, path: \"/v1/*\", audience: a}\n"),
+        &format!("{at}[0].path"),
+        "literal path prefix",
+    );
+    rejects(
+        &override_doc("            - {host: api.example.com, scopes: [a, a]}\n"),
+        &format!("{at}[0].scopes[1]"),
+        "duplicate scope",
+    );
+}
+
 // ---- reporting -------------------------------------------------------------------
 
 #[test]

@@ -1,0 +1,224 @@
+//! One sandbox's session stream: `Hello`, then its policy and credentials as
+//! they change, heartbeats, and relay requests, as NDJSON on a response body
+//! that ends only when the sidecar goes away, the sandbox is deleted, or the
+//! gateway shuts down.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use palisade_api::StoredPolicy;
+use palisade_api::session::{DeliveredCredential, SessionEvent};
+use tokio::sync::mpsc;
+
+use super::Registration;
+use super::credentials::{self, Resolved};
+use crate::http::{BoxError, ResponseBody};
+use crate::principal::SandboxId;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Lines buffered towards a slow reader.
+const BODY_QUEUE: usize = 8;
+
+/// A response body fed line by line from the session task.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|line| line.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Start the stream of `sandbox` (already authorized); returns the body.
+pub fn open(state: Arc<AppState>, sandbox: SandboxId) -> ResponseBody {
+    let (tx, rx) = mpsc::channel(BODY_QUEUE);
+    let (registration, relays) = state.sessions.register(&sandbox);
+    tokio::spawn(run(state, sandbox, registration, relays, tx));
+    http_body_util::BodyExt::boxed_unsync(ChannelBody(rx))
+}
+
+/// What the store says about the sandbox right now.
+enum Current {
+    /// The sandbox no longer exists.
+    Gone,
+    /// No policy assigned, or not stored yet.
+    NoPolicy,
+    Policy(StoredPolicy, Resolved),
+}
+
+fn load(state: &AppState, sandbox: &SandboxId) -> Result<Current, StoreError> {
+    let store = state.store.as_ref();
+    let Some(record) = store.get_sandbox(sandbox)? else {
+        return Ok(Current::Gone);
+    };
+    let Some(name) = record.spec.policy else {
+        return Ok(Current::NoPolicy);
+    };
+    let Some(stored) = store.get_policy(&name)? else {
+        return Ok(Current::NoPolicy);
+    };
+    let resolved = match palisade_policy::parse_policy(stored.document.as_bytes()) {
+        Ok(policy) => credentials::resolve(&policy, store)?,
+        Err(errors) => {
+            tracing::error!(policy = %name, errors = errors.0.len(), "stored policy no longer parses; delivering no credentials");
+            Resolved::default()
+        }
+    };
+    Ok(Current::Policy(stored, resolved))
+}
+
+struct Sender {
+    tx: mpsc::Sender<Bytes>,
+    state: Arc<AppState>,
+    /// A reader that takes longer than this for one line is gone.
+    stall: Duration,
+}
+
+impl Sender {
+    /// False when the sidecar is gone.
+    async fn send(&self, event: &SessionEvent) -> bool {
+        let mut line = match serde_json::to_vec(event) {
+            Ok(l) => l,
+            Err(_) => return false,
+        };
+        line.push(b'\n');
+        let sent = tokio::time::timeout(self.stall, self.tx.send(Bytes::from(line))).await;
+        if matches!(sent, Ok(Ok(()))) {
+            self.state
+                .metrics
+                .session_events
+                .with_label_values(&[event.kind()])
+                .inc();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn run(
+    state: Arc<AppState>,
+    sandbox: SandboxId,
+    registration: Registration,
+    mut relays: mpsc::Receiver<String>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let heartbeat = state.sessions.limits().heartbeat;
+    let out = Sender {
+        tx,
+        state: state.clone(),
+        stall: heartbeat * 3,
+    };
+    let mut policy_changes = state.policy_revision.subscribe();
+    let mut secret_changes = state.sessions.subscribe_secrets();
+    tracing::info!(sandbox = %sandbox, session = %registration.id, "session stream opened");
+    let hello = SessionEvent::Hello {
+        session_id: registration.id.clone(),
+        sandbox_id: sandbox.to_string(),
+        heartbeat_seconds: heartbeat.as_secs(),
+    };
+    let mut last_revision: Option<u64> = None;
+    let mut last_credentials: Option<Vec<DeliveredCredential>> = None;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reload = true;
+    let reason = 'stream: {
+        if !out.send(&hello).await {
+            break 'stream "sidecar gone";
+        }
+        loop {
+            if reload {
+                let (st, id) = (state.clone(), sandbox.clone());
+                let current = tokio::task::spawn_blocking(move || load(&st, &id)).await;
+                match current {
+                    Ok(Ok(Current::Gone)) => break 'stream "sandbox deleted",
+                    Ok(Ok(Current::NoPolicy)) => {}
+                    Ok(Ok(Current::Policy(policy, resolved))) => {
+                        let revision = policy.revision;
+                        let new_policy = last_revision != Some(revision);
+                        if new_policy {
+                            let event = SessionEvent::Policy {
+                                revision,
+                                policy: policy.document,
+                            };
+                            if !out.send(&event).await {
+                                break 'stream "sidecar gone";
+                            }
+                            last_revision = Some(revision);
+                        }
+                        if new_policy || last_credentials.as_ref() != Some(&resolved.credentials) {
+                            for m in &resolved.missing {
+                                tracing::warn!(
+                                    sandbox = %sandbox,
+                                    credential = %m.credential,
+                                    secret = %m.secret,
+                                    key = %m.key,
+                                    "credential omitted: the secret or key does not exist; \
+                                     create it with `palisade secret set`"
+                                );
+                            }
+                            let event = SessionEvent::Credentials {
+                                revision,
+                                credentials: resolved.credentials.clone(),
+                            };
+                            if !out.send(&event).await {
+                                break 'stream "sidecar gone";
+                            }
+                            last_credentials = Some(resolved.credentials);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        state.metrics.store_errors.inc();
+                        tracing::error!(sandbox = %sandbox, error = %e, "session: store read failed; retrying at the next change or heartbeat");
+                    }
+                    Err(_) => tracing::error!(sandbox = %sandbox, "session: store task panicked"),
+                }
+            }
+            reload = true;
+            tokio::select! {
+                changed = policy_changes.changed() => {
+                    if changed.is_err() { break 'stream "gateway shutting down"; }
+                }
+                changed = secret_changes.changed() => {
+                    if changed.is_err() { break 'stream "gateway shutting down"; }
+                }
+                _ = ticker.tick() => {
+                    let at = crate::fsutil::now();
+                    if !out.send(&SessionEvent::Heartbeat { at }).await {
+                        break 'stream "sidecar gone";
+                    }
+                }
+                relay = relays.recv() => {
+                    reload = false;
+                    match relay {
+                        Some(relay_id) => {
+                            if !out.send(&SessionEvent::Relay { relay_id }).await {
+                                break 'stream "sidecar gone";
+                            }
+                        }
+                        None => break 'stream "session ended by the gateway",
+                    }
+                }
+                () = out.tx.closed() => break 'stream "sidecar gone",
+            }
+        }
+    };
+    tracing::info!(sandbox = %sandbox, session = %registration.id, reason, "session stream closed");
+    drop(registration);
+}

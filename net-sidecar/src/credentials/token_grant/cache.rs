@@ -1,0 +1,94 @@
+//! The token cache: bounded LRU of access tokens with their deadline, plus the exchanges in
+//! flight (one per key; every concurrent caller waits for the same result).
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use lru::LruCache;
+use tokio::sync::watch;
+
+use super::TokenKey;
+use crate::credentials::{CredentialError, Secret};
+
+/// The published result of one exchange.
+pub(super) type Outcome = Option<Result<Secret, CredentialError>>;
+
+#[derive(Debug)]
+struct Cached {
+    secret: Secret,
+    until: Instant,
+}
+
+/// Where a caller stands for a key.
+pub(super) enum Lookup {
+    Hit(Secret),
+    /// An exchange for the key is running: wait on this.
+    Shared(watch::Receiver<Outcome>),
+    /// The caller must start the exchange and publish through this sender.
+    Lead(watch::Sender<Outcome>, watch::Receiver<Outcome>),
+}
+
+#[derive(Debug)]
+pub(super) struct TokenCache {
+    entries: Mutex<LruCache<TokenKey, Cached>>,
+    inflight: Mutex<HashMap<TokenKey, watch::Receiver<Outcome>>>,
+}
+
+impl TokenCache {
+    pub fn new(capacity: NonZeroUsize) -> Self {
+        Self {
+            entries: Mutex::new(LruCache::new(capacity)),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fresh cached token, a running exchange to join, or the lead on a new one.
+    pub fn lookup(&self, key: &TokenKey) -> Lookup {
+        {
+            let mut entries = lock(&self.entries);
+            match entries.get(key) {
+                Some(c) if c.until > Instant::now() => return Lookup::Hit(c.secret.clone()),
+                Some(_) => {
+                    entries.pop(key);
+                }
+                None => {}
+            }
+        }
+        let mut inflight = lock(&self.inflight);
+        if let Some(rx) = inflight.get(key) {
+            return Lookup::Shared(rx.clone());
+        }
+        // Re-check under the in-flight lock: an exchange may have finished in between.
+        if let Some(c) = lock(&self.entries).get(key)
+            && c.until > Instant::now()
+        {
+            return Lookup::Hit(c.secret.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(key.clone(), rx.clone());
+        Lookup::Lead(tx, rx)
+    }
+
+    /// Record an exchange's result: store a token that is good until `until` (if any), then
+    /// retire the in-flight entry. The caller publishes on its sender afterwards.
+    pub fn finish(&self, key: &TokenKey, stored: Option<(Secret, Instant)>) {
+        if let Some((secret, until)) = stored {
+            lock(&self.entries).put(key.clone(), Cached { secret, until });
+        }
+        lock(&self.inflight).remove(key);
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
