@@ -410,6 +410,42 @@ fn create_then_delete_leaves_nothing_behind() {
     let list = up.cli_ok(&["sandbox", "list"]);
     assert!(list.contains(&id), "{list}");
 
+    // Exec through the whole chain: CLI → gateway relay → the sidecar's dial-back → the
+    // shim's session socket → a command as the agent UID. Retried only until the
+    // sidecar's session is up (409 sandbox_not_connected before that).
+    let mut last = None;
+    let exec_ok = wait_until(WAIT, || {
+        let out = up.cli(&["sandbox", "exec", "t-one", "--", "id", "-u"]);
+        let ok = out.status.success();
+        last = Some(out);
+        ok
+    });
+    let out = last.unwrap();
+    assert!(
+        exec_ok,
+        "exec failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+    // The remote exit status comes back as ours.
+    let out = up.cli(&["sandbox", "exec", "t-one", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    // A PTY session (-t) under a real terminal (script(1)) gets the local window size.
+    let exec_tty = format!(
+        "stty rows 33 cols 101; {} sandbox exec -t t-one -- stty size",
+        workspace_bin("palisade").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &exec_tty, "/dev/null"])
+        .env("PALISADE_CONTEXT", up.context())
+        .env_remove("PALISADE_GATEWAY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("33 101"), "{out:?}");
+
     let footprint = Footprint::of(&up, &id);
     assert!(footprint.pids.len() >= 3, "{footprint:?}");
     up.cli_ok(&["sandbox", "delete", "t-one"]);
