@@ -88,7 +88,9 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, 
         let c = c.clone();
         async move { Ok::<_, Infallible>(c.route(req).await) }
     });
+    let agent = http::checked_explicit(agent, &conn.http);
     let hyper_conn = http::server_builder(&shared)
+        .half_close(true)
         .serve_connection(TokioIo::new(agent), svc)
         .with_upgrades();
     tokio::pin!(hyper_conn);

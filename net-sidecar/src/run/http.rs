@@ -51,7 +51,8 @@ use super::pool::PoolKey;
 use super::splice::splice;
 use super::upstream;
 use crate::credentials::{CredentialError, header_for};
-use head::{HeadCheck, Problem, Start};
+pub use head::HeadCheck;
+use head::{Problem, Start};
 
 /// Body of every answer to the agent.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -167,6 +168,13 @@ fn checked<I>(io: I, start: Start, limit: usize, proxy: &HttpProxy) -> HeadCheck
         );
     };
     HeadCheck::new(io, start, limit, Box::new(report))
+}
+
+/// The explicit proxy's agent stream, its request heads checked like every other
+/// listener's (absolute-form requests; checking stops after a CONNECT, whose tunnel is
+/// then spliced or inspected on its own).
+pub fn checked_explicit<I>(io: I, proxy: &HttpProxy) -> HeadCheck<I> {
+    checked(io, Start::Http1, MAX_HEAD, proxy)
 }
 
 /// The bad-input kind a hyper server error stands for, if any.

@@ -371,6 +371,56 @@ async fn connect_target_must_be_host_and_port() {
 }
 
 #[tokio::test]
+async fn explicit_proxy_refuses_smuggling_heads_before_the_upstream() {
+    // An upstream that only counts connections: none may arrive.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    for (probe, want) in [
+        (
+            format!(
+                "POST http://allowed.test:{port}/a HTTP/1.1\r\nHost: allowed.test:{port}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            "cl_and_te",
+        ),
+        (
+            format!("GET http://allowed.test:{port}/b HTTP/1.1\nHost: allowed.test:{port}\n\n"),
+            "bare_lf",
+        ),
+        (
+            format!(
+                "POST http://allowed.test:{port}/c HTTP/1.1\r\nHost: allowed.test:{port}\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+            ),
+            "duplicate_content_length",
+        ),
+    ] {
+        let mut s = TcpStream::connect(h.proxy).await.unwrap();
+        s.write_all(probe.as_bytes()).await.unwrap();
+        let (status, _, body) = read_response(&mut s).await;
+        assert_eq!(status, 400, "{want}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"], "bad_request", "{want}: {body}");
+    }
+    // None of them reached the upstream; each was counted under its own kind.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    for kind in ["cl_and_te", "bare_lf", "duplicate_content_length"] {
+        assert_eq!(
+            h.metrics.bad_input.with_label_values(&[kind]).get(),
+            1,
+            "{kind}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn absolute_form_is_checked_on_every_request() {
     let up = http_server().await;
     let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
@@ -543,7 +593,14 @@ async fn garbage_and_huge_heads_are_refused_and_counted() {
         "{:?}",
         String::from_utf8_lossy(&all)
     );
-    assert_eq!(h.metrics.bad_input.with_label_values(&["garbage"]).get(), 1);
+    // Refused by the raw-head check in front of hyper, as unparseable HTTP.
+    assert_eq!(
+        h.metrics
+            .bad_input
+            .with_label_values(&["malformed_http"])
+            .get(),
+        1
+    );
 
     let mut s = TcpStream::connect(h.proxy).await.unwrap();
     let mut req = b"GET http://allowed.test/ HTTP/1.1\r\nHost: ".to_vec();
