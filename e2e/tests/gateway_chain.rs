@@ -20,6 +20,8 @@ const START: Duration = Duration::from_secs(60);
 /// The secret value (token68); only in the gateway store, the sidecar's memory and nginx's log.
 const SECRET: &str = "gw-s3cr3t.T0ken_for~e2e";
 const GATEWAY_PORT: u16 = 18443;
+/// The upstream audience the policy's `workloadToken` credential names.
+const WORKLOAD_AUDIENCE: &str = "https://other.test";
 const GATEWAY_ADMIN_PORT: u16 = 18490;
 const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef0123";
 
@@ -33,7 +35,18 @@ spec:
     token:
       from: {{secret: {{name: api-token, key: token}}}}
       inject: {{header: Authorization, scheme: Bearer}}
+    wl:
+      from: {{workloadToken: {{audience: "{WORKLOAD_AUDIENCE}"}}}}
+      inject: {{header: Authorization, scheme: Bearer}}
   egress:
+    - name: workload
+      hosts: [other.test]
+      ports: [443]
+      allowedCidrs: ["fd00::/8"]
+      credential: wl
+      http:
+        allow:
+          - {{methods: [GET], path: "/**"}}
     - name: api
       hosts: [allowed.test]
       ports: [443]
@@ -334,6 +347,36 @@ fn gateway_chain_policy_credentials_refresh_outage_and_revocation() {
         env.metric(r#"palisade_sidecar_gateway_session_state{state="connected"}"#),
         1.0
     );
+
+    // 1b. A gateway-minted workload token for other.test's audience, which the upstream
+    // side (here: the test, with nginx's log) verifies against the gateway's JWKS.
+    let (code, body) = env.curl("https://other.test/wl");
+    assert_eq!(code, "200", "{body}\n{}", env.logs());
+    let auth = env
+        .upstream_auth("/wl")
+        .expect("no Authorization at the upstream");
+    let jwt = auth.strip_prefix("Bearer ").expect("a Bearer token");
+    let (c, jwks) = env
+        .gateway
+        .api(&env.topo, "GET", "/.well-known/jwks.json", None);
+    assert_eq!(c, 200, "{jwks}");
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks).unwrap();
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(header.typ.as_deref(), Some("palisade-workload+jwt"));
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid in the JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&[WORKLOAD_AUDIENCE]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sandbox_id"], env.sandbox_id.as_str(), "{claims}");
+    // A token for another audience does not verify.
+    validation.set_audience(&["https://allowed.test"]);
+    assert!(jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &validation).is_err());
 
     // 2. A policy update on the gateway changes the next request's decision.
     let (code, _) = env.curl("https://allowed.test/probe/x");
