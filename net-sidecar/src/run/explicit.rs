@@ -93,17 +93,9 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, 
         .half_close(true)
         .serve_connection(TokioIo::new(agent), svc)
         .with_upgrades();
-    tokio::pin!(hyper_conn);
-    let mut draining = false;
-    let result = loop {
-        tokio::select! {
-            result = hyper_conn.as_mut() => break result,
-            () = shared.state.drained(), if !draining => {
-                draining = true;
-                hyper_conn.as_mut().graceful_shutdown();
-            }
-            () = activity.idle(shared.timeouts.idle) => return,
-        }
+    let Some(result) = http::drive(hyper_conn, |c| c.graceful_shutdown(), &shared, &activity).await
+    else {
+        return;
     };
     if let Err(err) = result {
         let served = conn.served.load(Ordering::Relaxed);

@@ -19,6 +19,7 @@ mod head;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,6 +196,28 @@ pub fn bad_input_of(
     }
 }
 
+/// Run a hyper connection to its end: asked to finish gracefully once the sidecar drains,
+/// dropped (`None`) after `--idle-timeout` without a byte either way.
+pub async fn drive<C: Future>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    shared: &Shared,
+    activity: &Activity,
+) -> Option<C::Output> {
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return Some(result),
+            () = shared.state.drained(), if !draining => {
+                draining = true;
+                graceful(conn.as_mut());
+            }
+            () = activity.idle(shared.timeouts.idle) => return None,
+        }
+    }
+}
+
 /// Serve one agent connection as plain HTTP until it closes, goes idle, or draining ends it.
 pub async fn serve<I>(io: I, proxy: Arc<HttpProxy>)
 where
@@ -212,17 +235,8 @@ where
         .half_close(true)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
-    tokio::pin!(conn);
-    let mut draining = false;
-    let result = loop {
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            () = shared.state.drained(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = activity.idle(shared.timeouts.idle) => return,
-        }
+    let Some(result) = drive(conn, |c| c.graceful_shutdown(), &shared, &activity).await else {
+        return;
     };
     if let Err(err) = result {
         let served = proxy.counted_connection.load(Ordering::Relaxed);
@@ -262,17 +276,8 @@ where
         .max_concurrent_streams(100);
     let io = checked(io, Start::Http1OrH2, max, &proxy);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let mut draining = false;
-    let result = loop {
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            () = shared.state.drained(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = activity.idle(shared.timeouts.idle) => return,
-        }
+    let Some(result) = drive(conn, |c| c.graceful_shutdown(), &shared, &activity).await else {
+        return;
     };
     if let Err(err) = result {
         let served = proxy.counted_connection.load(Ordering::Relaxed);
