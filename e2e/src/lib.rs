@@ -15,11 +15,19 @@
 //!   [`Dnsmasq`] (test names → internet addresses, pod resolv.conf), [`TcpEcho`],
 //!   [`UdpSink`] (records every datagram), [`OrigDstListener`] (reports `SO_ORIGINAL_DST`).
 //! * [`bins`] — [`workspace_bin`]: path of a built workspace binary (`palisade-sidecar`, …).
+//! * [`chain`] — the real gateway in the internet namespace ([`chain::Gateway`], admin API
+//!   via curl), the agent's curl and the sidecar's metrics, for full-chain tests.
+//! * [`netns_socket`] — [`netns_socket::tcp_listener_in`]: a listener bound inside a test
+//!   namespace, served by an in-process double.
+//! * [`spiffe`], [`oauth`] — test doubles for token grants: a fake SPIFFE Workload API
+//!   (gRPC on a unix socket, ES256 JWT-SVIDs) and a fake OAuth token endpoint.
 //!
 //! Worked examples: `e2e/tests/fence.rs`.
 
 pub mod bins;
+pub mod chain;
 pub mod netns;
+pub mod netns_socket;
 pub mod oauth;
 pub mod prereq;
 pub mod process;

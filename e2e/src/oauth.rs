@@ -1,7 +1,9 @@
-//! A fake OAuth 2.0 token endpoint for SPIFFE token grants, on loopback.
+//! A fake OAuth 2.0 token endpoint for SPIFFE token grants.
 //!
 //! Serves `POST /oauth/token` over HTTPS (a fresh rcgen test CA; leaf for `localhost` and
-//! `127.0.0.1`) or plain HTTP. It accepts RFC 7523 client assertions
+//! `127.0.0.1`, or the names given to [`FakeTokenEndpoint::start_https_on`]) or plain HTTP,
+//! on loopback or on a listener the caller bound (e.g. inside a test network namespace with
+//! [`crate::netns_socket::tcp_listener_in`]). It accepts RFC 7523 client assertions
 //! (`grant_type=client_credentials`, `client_assertion_type=…jwt-bearer`) and RFC 8693 token
 //! exchanges (`subject_token_type=…:jwt`), verifies the JWT-SVID's ES256 signature against the
 //! JWT bundle (JWKS) it was given, its `aud` and `exp`, and issues a token that differs per
@@ -65,6 +67,7 @@ pub struct FakeTokenEndpoint {
     addr: SocketAddr,
     https: bool,
     ca_der: Option<Vec<u8>>,
+    ca_pem: Option<String>,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -99,10 +102,43 @@ impl FakeTokenEndpoint {
         Self::start(jwks, svid_audience, false).await
     }
 
+    /// HTTPS on `listener` (already bound, e.g. in another network namespace) with a leaf
+    /// certificate for `names` (DNS names or IP literals) from a fresh test CA
+    /// ([`Self::ca_pem`]).
+    pub async fn start_https_on(
+        listener: std::net::TcpListener,
+        names: &[&str],
+        jwks: &serde_json::Value,
+        svid_audience: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_on(listener, Some(names), jwks, svid_audience)
+    }
+
+    /// Plain HTTP on `listener` (already bound).
+    pub async fn start_http_on(
+        listener: std::net::TcpListener,
+        jwks: &serde_json::Value,
+        svid_audience: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_on(listener, None, jwks, svid_audience)
+    }
+
     async fn start(
         jwks: &serde_json::Value,
         svid_audience: &str,
         https: bool,
+    ) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let names: &[&str] = &["localhost", "127.0.0.1"];
+        Self::start_on(listener, https.then_some(names), jwks, svid_audience)
+    }
+
+    /// Serve on `listener` (needs a tokio runtime); `tls_names`: HTTPS with a leaf for them.
+    fn start_on(
+        listener: std::net::TcpListener,
+        tls_names: Option<&[&str]>,
+        jwks: &serde_json::Value,
+        svid_audience: &str,
     ) -> anyhow::Result<Self> {
         let jwks: JwkSet = serde_json::from_value(jwks.clone()).context("bundle is not a JWKS")?;
         let state = Arc::new(State {
@@ -114,19 +150,22 @@ impl FakeTokenEndpoint {
             issued: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
-        let (acceptor, ca_der) = if https {
-            let (acceptor, ca) = tls_acceptor()?;
-            (Some(acceptor), Some(ca))
-        } else {
-            (None, None)
+        let (acceptor, ca_der, ca_pem) = match tls_names {
+            Some(names) => {
+                let (acceptor, der, pem) = tls_acceptor(names)?;
+                (Some(acceptor), Some(der), Some(pem))
+            }
+            None => (None, None, None),
         };
         let task = tokio::spawn(serve(listener, acceptor, state.clone()));
         Ok(Self {
             addr,
-            https,
+            https: tls_names.is_some(),
             ca_der,
+            ca_pem,
             state,
             task,
         })
@@ -141,8 +180,21 @@ impl FakeTokenEndpoint {
         }
     }
 
+    /// `https://HOST:PORT/oauth/token` (or `http://…`) for a name that resolves to the
+    /// listener's address.
+    pub fn url_for(&self, host: &str) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{host}:{}{TOKEN_PATH}", self.addr.port())
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The test CA that signed the leaf, PEM (`None` for plain HTTP): give it to the client
+    /// (the sidecar's `--upstream-ca`).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// Roots that trust this endpoint's certificate (empty for plain HTTP).
@@ -186,7 +238,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-fn tls_acceptor() -> anyhow::Result<(tokio_rustls::TlsAcceptor, Vec<u8>)> {
+fn tls_acceptor(names: &[&str]) -> anyhow::Result<(tokio_rustls::TlsAcceptor, Vec<u8>, String)> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -201,10 +253,11 @@ fn tls_acceptor() -> anyhow::Result<(tokio_rustls::TlsAcceptor, Vec<u8>)> {
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let leaf_key = rcgen::KeyPair::generate()?;
     let mut leaf_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+    leaf_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or("localhost"),
+    );
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -217,6 +270,7 @@ fn tls_acceptor() -> anyhow::Result<(tokio_rustls::TlsAcceptor, Vec<u8>)> {
     Ok((
         tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         ca.der().to_vec(),
+        ca.pem(),
     ))
 }
 

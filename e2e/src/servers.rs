@@ -412,6 +412,16 @@ http {{
         }
         json_lines(&std::fs::read_to_string(&self.access_log).unwrap_or_default())
     }
+
+    /// The `Authorization` header of the most recent request for exactly `uri` (None if
+    /// there was no such request or it had none).
+    pub fn authorization_for(&self, uri: &str) -> Option<String> {
+        self.requests()
+            .iter()
+            .rev()
+            .find(|r| r["uri"] == uri)
+            .and_then(|r| r["authorization"].as_str().map(str::to_owned))
+    }
 }
 
 /// One DNS name → addresses mapping for [`Dnsmasq`].

@@ -72,7 +72,7 @@ struct State {
 
 /// The running fake; stops when dropped.
 pub struct FakeWorkloadApi {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     socket: PathBuf,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
@@ -93,8 +93,19 @@ impl Drop for FakeWorkloadApi {
 }
 
 impl FakeWorkloadApi {
-    /// Generate a signing key and listen on `<tempdir>/agent.sock`.
+    /// Generate a signing key and listen on `<tempdir>/agent.sock` (a root-only 0700 dir).
     pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("agent.sock");
+        let mut api = Self::start_at(&socket).await?;
+        api._dir = Some(dir);
+        Ok(api)
+    }
+
+    /// Like [`Self::start`], listening on `socket` (which must not exist). Who may connect is
+    /// up to the caller: the socket's owner and mode, and those of its directory, decide
+    /// (e.g. a 0700 directory owned by the sidecar UID, as a sidecar-only mount).
+    pub async fn start_at(socket: &Path) -> anyhow::Result<Self> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let raw = key.public_key_raw();
         anyhow::ensure!(
@@ -122,13 +133,12 @@ impl FakeWorkloadApi {
             bundle_calls: AtomicUsize::new(0),
             refused_calls: AtomicUsize::new(0),
         });
-        let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("agent.sock");
-        let listener = UnixListener::bind(&socket)?;
+        let listener = UnixListener::bind(socket)
+            .with_context(|| format!("cannot listen on {}", socket.display()))?;
         let task = tokio::spawn(serve(listener, state.clone()));
         Ok(Self {
-            _dir: dir,
-            socket,
+            _dir: None,
+            socket: socket.to_path_buf(),
             state,
             task,
         })

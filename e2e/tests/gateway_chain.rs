@@ -3,27 +3,32 @@
 //! on its veth address; a sandbox, its policy and a secret are created through the API; the
 //! real sidecar (UID 1337) bootstraps with the one-time token, gets its policy and the
 //! secret over the session, and injects it into the agent's (UID 1000) requests to nginx.
-//! Then: a policy update changes the next decision; the JWT is refreshed under traffic
-//! with no failed request; the gateway is killed (traffic keeps flowing on the cached
-//! policy and credentials) and restarted (the session reconnects); the sandbox is deleted
-//! (the identity is revoked and injection stops: 502).
+//! Then: a policy update changes the next decision; the JWT (10 s lifetime) is refreshed
+//! under traffic with no failed request; the gateway is killed (traffic keeps flowing on the
+//! cached policy and credentials) and restarted after the JWT expired (the expired JWT is
+//! refreshed within the leeway, the session reconnects); the sandbox is deleted (the
+//! identity is revoked and injection stops: 502).
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use palisade_e2e::bins::sidecar_argv;
+use palisade_e2e::chain::{
+    Gateway, SidecarFiles, agent_curl, create_sandbox, metric_value, set_mode, sidecar_metrics,
+};
 use palisade_e2e::process::as_sidecar;
 use palisade_e2e::*;
 
 const START: Duration = Duration::from_secs(60);
 /// The secret value (token68); only in the gateway store, the sidecar's memory and nginx's log.
 const SECRET: &str = "gw-s3cr3t.T0ken_for~e2e";
-const GATEWAY_PORT: u16 = 18443;
 /// The upstream audience the policy's `workloadToken` credential names.
 const WORKLOAD_AUDIENCE: &str = "https://other.test";
-const GATEWAY_ADMIN_PORT: u16 = 18490;
-const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef0123";
+/// Flags of every gateway start: the JWT lifetime shortened to a few seconds (the sidecar
+/// refreshes at 7.5–8.5 s, so the test sees several refreshes); the leeway lets a JWT that
+/// expired during the outage below still be refreshed.
+const GATEWAY_FLAGS: &[&str] = &["--token-ttl", "10s", "--leeway", "60s"];
 
 fn policy(extra_deny: &str) -> String {
     format!(
@@ -73,114 +78,6 @@ fn prereq() -> bool {
     ])
 }
 
-fn chown_sidecar(p: &Path) {
-    let id = Some(nix::unistd::Uid::from_raw(SIDECAR_UID));
-    let gid = Some(nix::unistd::Gid::from_raw(SIDECAR_UID));
-    nix::unistd::chown(p, id, gid).unwrap();
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// The gateway process in the internet namespace.
-struct Gateway {
-    proc: Option<Proc>,
-    dir: PathBuf,
-    url: String,
-}
-
-impl Gateway {
-    fn start(topo: &Topology, dir: &Path) -> Gateway {
-        let token_file = dir.join("admin-token");
-        if !token_file.exists() {
-            std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
-            set_mode(&token_file, 0o600);
-        }
-        let listen = format!("{}:{GATEWAY_PORT}", topo.upstream_v4(0));
-        let url = format!("http://{listen}");
-        let mut g = Gateway {
-            proc: None,
-            dir: dir.to_path_buf(),
-            url,
-        };
-        g.spawn(topo, &listen);
-        g
-    }
-
-    fn spawn(&mut self, topo: &Topology, listen: &str) {
-        let bin = workspace_bin("palisade").display().to_string();
-        let data = self.dir.join("data").display().to_string();
-        let token = self.dir.join("admin-token").display().to_string();
-        let admin = format!("127.0.0.1:{GATEWAY_ADMIN_PORT}");
-        let proc = topo
-            .internet
-            .spawn([
-                bin.as_str(),
-                "gateway",
-                "serve",
-                "--listen",
-                listen,
-                "--admin-listen",
-                admin.as_str(),
-                "--data-dir",
-                data.as_str(),
-                "--admin-token-file",
-                token.as_str(),
-                "--insecure-plaintext",
-                // The shortest the gateway allows: refresh happens at 45–51 s.
-                "--token-ttl",
-                "60s",
-            ])
-            .unwrap();
-        wait_for_tcp_listen(&topo.internet, GATEWAY_PORT, START)
-            .unwrap_or_else(|e| panic!("{e}: {}", proc.describe()));
-        self.proc = Some(proc);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// An admin API call with curl from the internet namespace (the token from a header
-    /// file, never on the command line). Returns (status, body).
-    fn api(&self, topo: &Topology, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let headers = self.dir.join("headers");
-        std::fs::write(
-            &headers,
-            format!("Authorization: Bearer {ADMIN_TOKEN}\nContent-Type: application/json\n"),
-        )
-        .unwrap();
-        let body_file = self.dir.join("body");
-        std::fs::write(&body_file, body.unwrap_or("")).unwrap();
-        let url = format!("{}{path}", self.url);
-        let h = format!("@{}", headers.display());
-        let d = format!("@{}", body_file.display());
-        let mut argv = vec![
-            "curl",
-            "-sS",
-            "--max-time",
-            "15",
-            "-X",
-            method,
-            "-H",
-            &h,
-            "-w",
-            "\n%{http_code}",
-        ];
-        if body.is_some() {
-            argv.extend(["--data-binary", d.as_str()]);
-        }
-        argv.push(url.as_str());
-        let out = topo.internet.run(&argv);
-        let (text, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), text.to_owned())
-    }
-}
-
 struct Env {
     sidecar: Proc,
     nginx: Nginx,
@@ -200,11 +97,11 @@ impl Env {
             .run(sidecar_argv(&["init", "--backend", "iptables"]))
             .assert_success();
         let work = topo.pod.workdir().to_path_buf();
-        set_mode(&work, 0o755);
+        set_mode(&work, 0o755).unwrap();
         let gwdir = work.join("gateway");
         std::fs::create_dir_all(&gwdir).unwrap();
-        set_mode(&gwdir, 0o700);
-        let gateway = Gateway::start(&topo, &gwdir);
+        set_mode(&gwdir, 0o700).unwrap();
+        let gateway = Gateway::start_with(&topo, &gwdir, START, GATEWAY_FLAGS).unwrap();
 
         // Secret, policy, sandbox — through the API.
         let secret = serde_json::json!({"data": {"token": SECRET}}).to_string();
@@ -216,48 +113,10 @@ impl Env {
         );
         let (code, body) = gateway.api(&topo, "PUT", "/v1/policies/chain", Some(&policy("")));
         assert!((200..300).contains(&code), "PUT policy: {code} {body}");
-        let spec = serde_json::json!({"name": "chain-e2e", "policy": "chain"}).to_string();
-        let (code, body) = gateway.api(&topo, "POST", "/v1/sandboxes", Some(&spec));
-        assert!((200..300).contains(&code), "POST sandbox: {code} {body}");
-        let created: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let sandbox_id = created["sandbox"]["id"].as_str().unwrap().to_owned();
-        let bootstrap = created["bootstrapToken"].as_str().unwrap().to_owned();
-
-        // The one-time token: a 0600 file of UID 1337 in a 0700 directory.
-        let secrets = work.join("identity");
-        std::fs::create_dir_all(&secrets).unwrap();
-        let token_file = secrets.join("bootstrap-token");
-        std::fs::write(&token_file, format!("{bootstrap}\n")).unwrap();
-        chown_sidecar(&token_file);
-        set_mode(&token_file, 0o600);
-        chown_sidecar(&secrets);
-        set_mode(&secrets, 0o700);
-        let shared = work.join("shared");
-        std::fs::create_dir_all(&shared).unwrap();
-        chown_sidecar(&shared);
-        set_mode(&shared, 0o755);
-
-        let ready = shared.join("ready");
-        let argv = sidecar_argv(&[
-            "run",
-            "--gateway",
-            &gateway.url,
-            "--gateway-insecure-plaintext",
-            "--sandbox-id",
-            &sandbox_id,
-            "--token-file",
-            &token_file.display().to_string(),
-            "--ready-file",
-            &ready.display().to_string(),
-            "--shared-dir",
-            &shared.display().to_string(),
-            "--upstream-ca",
-            &nginx.pki.ca_cert.display().to_string(),
-            "--shim-socket",
-            &work.join("no-shim.sock").display().to_string(),
-            "--log-format",
-            "json",
-        ]);
+        let (sandbox_id, bootstrap) =
+            create_sandbox(&gateway, &topo, "chain-e2e", "chain").unwrap();
+        let files = SidecarFiles::prepare(&work, &bootstrap).unwrap();
+        let argv = files.run_argv(&gateway, &sandbox_id, &nginx.pki.ca_cert, &[]);
         let sidecar = topo.pod.spawn(as_sidecar(&argv)).unwrap();
         let env = Env {
             sidecar,
@@ -265,11 +124,11 @@ impl Env {
             _dns: dns,
             gateway,
             topo,
-            shared,
+            shared: files.shared.clone(),
             sandbox_id,
         };
         assert!(
-            wait_until(START, || ready.exists()),
+            wait_until(START, || files.ready.exists()),
             "sidecar did not become ready: {}",
             env.sidecar.describe()
         );
@@ -278,46 +137,16 @@ impl Env {
 
     /// curl as the agent trusting only the published bundle: (status, body).
     fn curl(&self, url: &str) -> (String, String) {
-        let bundle = self.shared.join("ca-bundle.pem").display().to_string();
-        let ca = format!("CURL_CA_BUNDLE={bundle}");
-        let out = self.topo.pod.run(as_agent(&[
-            "env",
-            "-i",
-            "PATH=/usr/bin:/bin",
-            ca.as_str(),
-            "curl",
-            "-sS",
-            "--max-time",
-            "15",
-            "-w",
-            "\n%{http_code}",
-            url,
-        ]));
-        let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "000"));
-        (code.trim().to_owned(), body.to_owned())
+        agent_curl(&self.topo, &self.shared.join("ca-bundle.pem"), url, 15)
     }
 
     fn metric(&self, series: &str) -> f64 {
-        let url = format!("http://{}:15020/metrics", self.topo.pod_v4());
-        let out = self
-            .topo
-            .internet
-            .run(["curl", "-sS", "--max-time", "10", &url]);
-        out.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_value(&sidecar_metrics(&self.topo), series)
     }
 
     /// The Authorization header nginx saw on its most recent request for `uri`.
     fn upstream_auth(&self, uri: &str) -> Option<String> {
-        self.nginx
-            .requests()
-            .iter()
-            .rev()
-            .find(|r| r["uri"] == uri)
-            .and_then(|r| r["authorization"].as_str().map(str::to_owned))
+        self.nginx.authorization_for(uri)
     }
 
     fn logs(&self) -> String {
@@ -377,6 +206,46 @@ fn gateway_chain_policy_credentials_refresh_outage_and_revocation() {
     // A token for another audience does not verify.
     validation.set_audience(&["https://allowed.test"]);
     assert!(jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &validation).is_err());
+    // The documented Python verifier (docs/examples) agrees, fetching the JWKS itself.
+    let (c, oidc) = env
+        .gateway
+        .api(&env.topo, "GET", "/.well-known/openid-configuration", None);
+    assert_eq!(c, 200, "{oidc}");
+    let oidc: serde_json::Value = serde_json::from_str(&oidc).unwrap();
+    let issuer = oidc["issuer"].as_str().unwrap();
+    assert_eq!(claims["iss"], issuer);
+    let token_file = env.gateway.dir().join("workload-token");
+    std::fs::write(&token_file, &auth).unwrap();
+    let verify = |audience: &str| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs/examples/verify-workload-token.py")
+            .display()
+            .to_string();
+        let jwks_url = format!("{}/.well-known/jwks.json", env.gateway.url);
+        env.topo.internet.run([
+            "/usr/bin/python3",
+            script.as_str(),
+            "--jwks-url",
+            jwks_url.as_str(),
+            "--issuer",
+            issuer,
+            "--audience",
+            audience,
+            "--token-file",
+            &token_file.display().to_string(),
+        ])
+    };
+    let out = verify(WORKLOAD_AUDIENCE);
+    out.assert_success();
+    let verified: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(verified["sandbox_id"], env.sandbox_id.as_str());
+    let out = verify("https://allowed.test");
+    assert!(!out.success(), "the example accepted a foreign audience");
+    assert!(
+        out.stderr.contains("invalid workload token"),
+        "{}",
+        out.stderr
+    );
 
     // 2. A policy update on the gateway changes the next request's decision.
     let (code, _) = env.curl("https://allowed.test/probe/x");
@@ -400,8 +269,10 @@ fn gateway_chain_policy_credentials_refresh_outage_and_revocation() {
     assert_eq!(code, "403");
     assert!(body.contains("policy_denied"), "{body}");
 
-    // 3. The JWT (60 s) is refreshed under traffic; no request fails across it.
+    // 3. The JWT (10 s) is refreshed under traffic, three times; no request fails across
+    // any refresh and no refresh fails.
     let refreshed = r#"palisade_sidecar_jwt_refreshes_total{outcome="refreshed"}"#;
+    let failed = r#"palisade_sidecar_jwt_refreshes_total{outcome="failed"}"#;
     let before = env.metric(refreshed);
     let mut n = 0;
     let ok = wait_until(Duration::from_secs(120), || {
@@ -413,9 +284,10 @@ fn gateway_chain_policy_credentials_refresh_outage_and_revocation() {
             "request {n} failed around a refresh: {body}\n{}",
             env.logs()
         );
-        env.metric(refreshed) > before
+        env.metric(refreshed) >= before + 3.0
     });
-    assert!(ok, "no JWT refresh observed: {}", env.logs());
+    assert!(ok, "three JWT refreshes not observed: {}", env.logs());
+    assert_eq!(env.metric(failed), 0.0, "{}", env.logs());
     let (code, _) = env.curl("https://allowed.test/after-refresh");
     assert_eq!(code, "200");
     assert_eq!(
@@ -423,7 +295,8 @@ fn gateway_chain_policy_credentials_refresh_outage_and_revocation() {
         Some(format!("Bearer {SECRET}").as_str())
     );
 
-    // 4. Gateway killed: the cached policy and credentials keep working.
+    // 4. Gateway killed (just after a refresh, so the JWT has most of its 10 s left):
+    // the cached policy and credentials keep working.
     env.gateway.kill();
     let (code, body) = env.curl("https://allowed.test/while-down");
     assert_eq!(code, "200", "{body}\n{}", env.logs());
@@ -440,10 +313,15 @@ fn gateway_chain_policy_credentials_refresh_outage_and_revocation() {
         r#"palisade_sidecar_gateway_session_state{state="connected"}"#
     ) == 0.0));
 
-    // 5. Restart: the session reconnects and updates flow again.
-    let listen = format!("{}:{GATEWAY_PORT}", env.topo.upstream_v4(0));
+    // 5. Restart once the JWT has expired during the outage: the sidecar refreshes the
+    // expired JWT (within the gateway's leeway), the session reconnects and updates flow.
+    let expired = wait_until(Duration::from_secs(30), || {
+        let exp = env.metric("palisade_sidecar_jwt_expiry_seconds");
+        exp > 0.0 && exp < unix_now()
+    });
+    assert!(expired, "the JWT did not expire during the outage");
     // Same data dir: same keys, same store.
-    env.gateway.spawn(&env.topo, &listen);
+    env.gateway.restart(&env.topo, START).unwrap();
     assert!(
         wait_until(Duration::from_secs(90), || env.metric(
             r#"palisade_sidecar_gateway_session_state{state="connected"}"#
@@ -452,6 +330,25 @@ fn gateway_chain_policy_credentials_refresh_outage_and_revocation() {
         env.logs()
     );
     assert!(env.metric("palisade_sidecar_gateway_session_reconnects_total") >= 1.0);
+    assert!(
+        wait_until(Duration::from_secs(30), || env
+            .metric("palisade_sidecar_jwt_expiry_seconds")
+            > unix_now()),
+        "no fresh JWT after the reconnect: {}",
+        env.logs()
+    );
+    assert_eq!(
+        env.metric(r#"palisade_sidecar_jwt_refreshes_total{outcome="rebootstrap_impossible"}"#),
+        0.0,
+        "the expired JWT was not refreshed: {}",
+        env.logs()
+    );
+    let (code, body) = env.curl("https://allowed.test/after-outage");
+    assert_eq!(code, "200", "{body}\n{}", env.logs());
+    assert_eq!(
+        env.upstream_auth("/after-outage").as_deref(),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
     let (c, b) = env
         .gateway
         .api(&env.topo, "PUT", "/v1/policies/chain", Some(&policy("")));
@@ -479,9 +376,24 @@ fn gateway_chain_policy_credentials_refresh_outage_and_revocation() {
     );
     let (_, body) = env.curl("https://allowed.test/gone");
     assert!(body.contains("credential_unavailable"), "{body}");
+    // Every source stops, also the workload token the sidecar still has cached.
+    let (code, body) = env.curl("https://other.test/wl-gone");
+    assert_eq!(code, "502", "{body}");
+    assert!(body.contains("credential_unavailable"), "{body}");
+    assert!(
+        env.upstream_auth("/wl-gone").is_none(),
+        "forwarded after revocation"
+    );
     assert!(
         env.metric(r#"palisade_sidecar_jwt_refreshes_total{outcome="rebootstrap_impossible"}"#)
             >= 1.0
     );
     assert_eq!(env.metric("palisade_sidecar_jwt_expiry_seconds"), 0.0);
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }

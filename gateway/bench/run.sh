@@ -9,6 +9,9 @@
 #   * GET  /v1/policies/{name}         (admin token)               — wrk
 #   * POST /v1/token:issue             (one-shot bootstrap tokens) — bench/issue.py
 # and writes a table to stdout and JSON to $TARGET_DIR/bench/gateway.json.
+# For the wrk scenarios it also reports the gateway's own CPU time per request
+# (utime+stime from /proc, µs): on a machine shared with other work that figure
+# moves much less than requests/s, and 1e6 / it is the per-core ceiling.
 #
 # Knobs (env): PALISADE_BIN (skip the build, use this binary), DURATION (wrk seconds, default 10), CONNECTIONS (default 32),
 # ISSUE_N (bootstrap tokens to create+issue, default 1000), ISSUE_CONC (default 8),
@@ -91,13 +94,26 @@ BOOTSTRAP="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["bootstrapT
 JWT="$(curl -fsS -X POST -H "Authorization: Bearer $BOOTSTRAP" "$API/v1/token:issue" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
 
+# CPU time (clock ticks, user+system) the gateway process has used so far.
+gateway_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
+CLK_TCK="$(getconf CLK_TCK)"
+
 # wrk scenario: name method path token
 run_wrk() {
-    local name="$1" method="$2" path="$3" token="$4"
+    local name="$1" method="$2" path="$3" token="$4" t0 t1
+    t0="$(gateway_ticks)"
     BENCH_NAME="$name" BENCH_METHOD="$method" BENCH_TOKEN="$token" \
         taskset -c "$WRK_CPUS" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
         -s "$BENCH_DIR/request.lua" "$API$path" >"$WORK/$name.wrk" 2>&1
-    grep '^BENCH_JSON ' "$WORK/$name.wrk" | sed 's/^BENCH_JSON //' >>"$WORK/results.jsonl"
+    t1="$(gateway_ticks)"
+    grep '^BENCH_JSON ' "$WORK/$name.wrk" | sed 's/^BENCH_JSON //' \
+        | python3 -c 'import json, sys
+ticks, hz = int(sys.argv[1]), int(sys.argv[2])
+for line in sys.stdin:
+    r = json.loads(line)
+    r["gateway_cpu_s"] = round(ticks / hz, 2)
+    r["cpu_us_per_request"] = round(ticks / hz / r["requests"] * 1e6, 1) if r["requests"] else None
+    print(json.dumps(r))' "$((t1 - t0))" "$CLK_TCK" >>"$WORK/results.jsonl"
 }
 
 : >"$WORK/results.jsonl"
@@ -132,9 +148,11 @@ doc = {
     "scenarios": results,
 }
 json.dump(doc, open(dst, "w"), indent=2)
-print(f"{'scenario':<22} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7}")
+print(f"{'scenario':<22} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7} {'CPU us/req':>11}")
 for r in results:
-    print(f"{r['name']:<22} {r['rps']:>11.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['requests']:>9} {r['errors']:>7}")
+    cpu = r.get("cpu_us_per_request")
+    cpu = f"{cpu:>11.1f}" if cpu is not None else f"{'-':>11}"
+    print(f"{r['name']:<22} {r['rps']:>11.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['requests']:>9} {r['errors']:>7} {cpu}")
 print(f"gateway on CPU(s) {gw_cpus} of {ncpu}; load average at end {' '.join(load)}; gateway 5xx: {server_errors}")
 print(f"JSON: {dst}")
 PY

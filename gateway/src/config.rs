@@ -398,8 +398,8 @@ impl Config {
         if !(rate_limit_per_sec.is_finite() && rate_limit_per_sec > 0.0) || rate_limit_burst == 0 {
             bail!("--rate-limit-per-sec and --rate-limit-burst must be positive");
         }
-        if !(60..=86_400).contains(&token_ttl.as_secs()) {
-            bail!("--token-ttl must be between 1m and 24h");
+        if !(5..=86_400).contains(&token_ttl.as_secs()) {
+            bail!("--token-ttl must be between 5s and 24h");
         }
         if leeway.as_secs() > crate::tokens::MAX_LEEWAY_SECS {
             bail!("--leeway must be at most 60s");

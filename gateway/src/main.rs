@@ -4,6 +4,7 @@
 //! `palisade_gateway` library, run by `palisade gateway serve`.
 
 mod cli;
+mod telemetry;
 
 use std::process::ExitCode;
 

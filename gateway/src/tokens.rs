@@ -2,7 +2,9 @@
 //!
 //! A sandbox JWT is EdDSA-signed by the active key, header `typ:
 //! palisade-sandbox+jwt` and `kid`, claims `iss`, exact `aud`, `sub` (= the
-//! sandbox id), `sandbox_id`, `iat`, `nbf`, `exp`, `jti`. Verification refuses
+//! sandbox id), `sandbox_id`, `iat`, `nbf`, `exp`, `jti`, and `pod_uid` when
+//! the token descends from a Kubernetes ServiceAccount token (a refresh
+//! carries it forward; bootstrap-token descendants never have it). Verification refuses
 //! every other `alg` before looking at a key, and allows at most
 //! [`MAX_LEEWAY_SECS`] of clock skew.
 //! Must never: accept `alg: none`, HMAC or RSA; log a token.
@@ -33,6 +35,9 @@ pub struct SandboxClaims {
     pub nbf: u64,
     pub exp: u64,
     pub jti: String,
+    /// UID of the pod the token is bound to (ServiceAccount path only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// Why a token was refused; `as_str` is the metrics label (a bounded set).
@@ -148,6 +153,17 @@ impl TokenService {
 
     /// A new token for `id`, valid from `now` for the configured TTL.
     pub fn mint(&self, id: &SandboxId, now: u64) -> Result<Minted, KeyError> {
+        self.mint_bound(id, None, now)
+    }
+
+    /// A new token for `id`, bound to the pod `pod_uid` when given (the
+    /// ServiceAccount path and its refreshes), with a fresh `jti`.
+    pub fn mint_bound(
+        &self,
+        id: &SandboxId,
+        pod_uid: Option<String>,
+        now: u64,
+    ) -> Result<Minted, KeyError> {
         let claims = SandboxClaims {
             iss: self.issuer.clone(),
             sub: id.to_string(),
@@ -157,6 +173,7 @@ impl TokenService {
             nbf: now,
             exp: now + self.ttl_secs,
             jti: uuid::Uuid::new_v4().to_string(),
+            pod_uid,
         };
         let (token, kid) = self.sign(&claims)?;
         Ok(Minted { token, claims, kid })
@@ -224,7 +241,10 @@ impl TokenService {
             return Err(TokenError::NotYetValid);
         }
         let id = SandboxId::parse(&claims.sandbox_id).ok_or(TokenError::InvalidClaims)?;
-        if claims.sub != claims.sandbox_id || claims.jti.is_empty() {
+        if claims.sub != claims.sandbox_id
+            || claims.jti.is_empty()
+            || claims.pod_uid.as_deref().is_some_and(str::is_empty)
+        {
             return Err(TokenError::InvalidClaims);
         }
         Ok((id, claims))
@@ -407,6 +427,12 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(check(jti), Some(TokenError::InvalidClaims));
+        let pod = |uid: &str| SandboxClaims {
+            pod_uid: Some(uid.into()),
+            ..base.clone()
+        };
+        assert_eq!(check(pod("")), Some(TokenError::InvalidClaims));
+        assert_eq!(check(pod("6f0b9c1e")), None);
         let sid = SandboxClaims {
             sandbox_id: "sbx-1".into(),
             sub: "sbx-1".into(),

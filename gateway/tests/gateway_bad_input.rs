@@ -43,6 +43,7 @@ async fn every_bad_sandbox_jwt_is_a_counted_401() {
         nbf: t,
         exp: t + 600,
         jti: "j1".into(),
+        pod_uid: None,
     };
     let signed = |c: SandboxClaims| tokens.sign(&c).unwrap().0;
     let with_header = |h: Header, c: &SandboxClaims| {

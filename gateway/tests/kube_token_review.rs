@@ -17,6 +17,9 @@ use http::Method;
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use palisade_gateway::authn::kube::{
+    DEFAULT_REVIEW_RATE_GLOBAL, DEFAULT_REVIEW_RATE_PER_TOKEN, ReviewRate,
+};
 use palisade_gateway::principal::SandboxId;
 use support::{Gw, assert_error, get, post, sample};
 
@@ -70,6 +73,12 @@ fn pod(name: &str, uid: &str, sandbox: Option<&str>) -> Pod {
         },
         ..Pod::default()
     }
+}
+
+/// The (unverified) claims of a JWT, for looking at them.
+fn claims_of(jwt: &str) -> serde_json::Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
 async fn issue(gw: &Gw, token: &str) -> palisade_gateway::client::Answer {
@@ -144,6 +153,29 @@ async fn service_account_token_gets_a_pod_bound_sandbox_jwt() {
     let a = get(&gw.client(Some(jwt)), &format!("/v1/sandboxes/{id}")).await;
     assert_eq!(a.status, 200);
 
+    // Refresh carries the pod binding forward, generation after generation,
+    // with a new jti each time.
+    let mut current = jwt.to_owned();
+    let mut jtis = vec![payload["jti"].as_str().unwrap().to_owned()];
+    for _ in 0..2 {
+        let a = post(&gw.client(Some(&current)), "/v1/token:refresh").await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        current = a.json().unwrap()["token"].as_str().unwrap().to_owned();
+        let claims = claims_of(&current);
+        assert_eq!(claims["pod_uid"], POD_UID, "{claims}");
+        assert_eq!(claims["sandbox_id"], id.as_str());
+        let jti = claims["jti"].as_str().unwrap().to_owned();
+        assert!(!jtis.contains(&jti), "jti reused");
+        jtis.push(jti);
+        let (_, verified) = gw
+            .running
+            .state
+            .tokens
+            .verify(&current, palisade_gateway::fsutil::now())
+            .unwrap();
+        assert_eq!(verified.pod_uid.as_deref(), Some(POD_UID));
+    }
+
     let after = gw.metrics().await;
     assert_eq!(
         sample(&after, "palisade_gateway_tokens_issued_total")
@@ -176,6 +208,17 @@ async fn service_account_token_gets_a_pod_bound_sandbox_jwt() {
         fake.reviews_seen(),
         1,
         "no TokenReview off the token:issue route"
+    );
+    // A bootstrap-token sandbox's JWT has no binding, and its refresh none either.
+    let (_other, plain) = gw.sandbox_with_token(None).await;
+    assert!(claims_of(&plain).get("pod_uid").is_none());
+    let a = post(&gw.client(Some(&plain)), "/v1/token:refresh").await;
+    assert_eq!(a.status, 200);
+    let refreshed = a.json().unwrap()["token"].as_str().unwrap().to_owned();
+    assert!(
+        claims_of(&refreshed).get("pod_uid").is_none(),
+        "{}",
+        claims_of(&refreshed)
     );
     gw.running.shutdown().await;
 }
@@ -392,5 +435,105 @@ async fn service_account_tokens_are_refused_when_not_configured() {
     );
     // Bootstrap tokens still work.
     let (_id, _jwt) = gw.sandbox_with_token(None).await;
+    gw.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn service_account_attempts_are_rate_limited_before_token_review() {
+    let (fake, gw, id, _kubeconfig_dir) = setup().await;
+    // Rates so slow that nothing refills during the test: the counts below
+    // do not depend on timing.
+    let slow = |burst| ReviewRate {
+        per_sec: 0.0001,
+        burst,
+    };
+    gw.running
+        .state
+        .kube
+        .as_ref()
+        .unwrap()
+        .limiter()
+        .set_rates(slow(3), slow(5));
+    let ok_extra: &[(&str, &[&str])] = &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[POD_UID])];
+
+    // One caller looping on one (unknown) token: 3 reviews, then 429s that
+    // never reach the API server.
+    let looping = sa_token("looping");
+    let before = gw.metrics().await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let a = issue(&gw, &looping).await;
+        if a.status == 429 {
+            let body = assert_error(&a, 429, "rate_limited");
+            assert!(!body.reason.contains(&looping), "{body:?}");
+            let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1, "{retry}");
+        }
+        statuses.push(a.status.as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429, 429, 429, 429]);
+    assert_eq!(fake.reviews_seen(), 3);
+    let after = gw.metrics().await;
+    assert_eq!(
+        failures(&after, "rate_limited") - failures(&before, "rate_limited"),
+        7.0
+    );
+
+    // Callers spraying distinct tokens, concurrently: the global bucket (5,
+    // 3 spent) lets exactly 2 more through to the API server.
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let c = gw.client(Some(&sa_token(&format!("spray-{i}"))));
+        attempts.spawn(async move { post(&c, "/v1/token:issue").await });
+    }
+    let answers = attempts.join_all().await;
+    let limited = answers.iter().filter(|a| a.status == 429).count();
+    for a in answers.iter().filter(|a| a.status == 429) {
+        assert_error(a, 429, "rate_limited");
+        assert!(a.headers.contains_key("retry-after"));
+    }
+    assert_eq!(limited, 18);
+    assert_eq!(
+        fake.reviews_seen(),
+        5,
+        "the API server saw only what the buckets allowed"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(failures(&m, "rate_limited_global"), 18.0);
+    // No 5xx anywhere in this.
+    assert_eq!(
+        sample(
+            &m,
+            r#"palisade_gateway_requests_total{route="token_issue",status_class="5xx"}"#
+        ),
+        0.0
+    );
+
+    // Even a good token is held back now: no review, no token.
+    let good = sa_token("good");
+    fake.review(&good, status(&good_user(), &[AUD], ok_extra));
+    assert_error(&issue(&gw, &good).await, 429, "rate_limited");
+    assert_eq!(fake.reviews_seen(), 5);
+
+    // Bootstrap tokens and sandbox JWTs do not go through this limiter.
+    let (other, jwt) = gw.sandbox_with_token(None).await;
+    let a = get(&gw.client(Some(&jwt)), &format!("/v1/sandboxes/{other}")).await;
+    assert_eq!(a.status, 200);
+
+    // With the default rates back, the good token gets its pod-bound JWT.
+    gw.running
+        .state
+        .kube
+        .as_ref()
+        .unwrap()
+        .limiter()
+        .set_rates(DEFAULT_REVIEW_RATE_PER_TOKEN, DEFAULT_REVIEW_RATE_GLOBAL);
+    let a = issue(&gw, &good).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json().unwrap()["sandboxId"], id.as_str());
+    assert_eq!(
+        claims_of(a.json().unwrap()["token"].as_str().unwrap())["pod_uid"],
+        POD_UID
+    );
     gw.running.shutdown().await;
 }

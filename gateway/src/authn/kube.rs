@@ -10,10 +10,20 @@
 //!
 //! Every refusal has its own bounded reason label; an API server that is
 //! slow or failing is a 503 (fail closed), never a token.
+//!
+//! Before any API call, the attempt must pass two token buckets
+//! ([`ReviewLimiter`]): one per presented token (keyed by its SHA-256, so a
+//! client looping on one token is slowed) and one for the whole gateway (so
+//! that callers spraying distinct tokens cannot turn the gateway into a
+//! TokenReview flood against the API server). A refused attempt is a 429 with
+//! `Retry-After`, counted as auth failure `rate_limited` (per token) or
+//! `rate_limited_global`, and never reaches the API server. Defaults:
+//! [`DEFAULT_REVIEW_RATE_PER_TOKEN`], [`DEFAULT_REVIEW_RATE_GLOBAL`].
 //! Must never: log or echo the ServiceAccount token (fingerprint only).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use http::StatusCode;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -34,6 +44,156 @@ pub const SANDBOX_ANNOTATION: &str = "palisade.dev/sandbox-id";
 pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
+/// A token bucket's refill rate and size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReviewRate {
+    /// Attempts added per second.
+    pub per_sec: f64,
+    /// Attempts allowed at once.
+    pub burst: u32,
+}
+
+/// Per presented ServiceAccount token: 5 attempts at once, then one every
+/// 5 s. A sidecar asks once per start or re-bootstrap, and its retries back off.
+pub const DEFAULT_REVIEW_RATE_PER_TOKEN: ReviewRate = ReviewRate {
+    per_sec: 0.2,
+    burst: 5,
+};
+/// For the whole gateway: 50 TokenReviews at once (a burst of pod starts),
+/// then 20 per second.
+pub const DEFAULT_REVIEW_RATE_GLOBAL: ReviewRate = ReviewRate {
+    per_sec: 20.0,
+    burst: 50,
+};
+/// Per-token buckets kept before full ones are dropped; past it (after
+/// dropping), new tokens are held to the global bucket only.
+const MAX_TOKEN_BUCKETS: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: ReviewRate, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(rate.burst.max(1)),
+            at: now,
+        }
+    }
+
+    /// Refill to `now`; the tokens now available.
+    fn refill(&mut self, rate: ReviewRate, now: Instant) -> f64 {
+        let added = now.saturating_duration_since(self.at).as_secs_f64() * rate.per_sec;
+        self.tokens = (self.tokens + added).min(f64::from(rate.burst.max(1)));
+        self.at = now;
+        self.tokens
+    }
+}
+
+/// Whole seconds until `tokens` reaches 1 at `rate` (at least 1).
+fn wait_secs(tokens: f64, rate: ReviewRate) -> u64 {
+    if rate.per_sec <= 0.0 {
+        return 3600;
+    }
+    ((1.0 - tokens) / rate.per_sec).ceil().clamp(1.0, 3600.0) as u64
+}
+
+#[derive(Debug)]
+struct Buckets {
+    per_token: ReviewRate,
+    global_rate: ReviewRate,
+    global: Bucket,
+    by_token: HashMap<[u8; 32], Bucket>,
+}
+
+/// The two token buckets in front of the TokenReview (see the module doc).
+#[derive(Debug)]
+pub struct ReviewLimiter {
+    buckets: Mutex<Buckets>,
+}
+
+impl ReviewLimiter {
+    pub fn new(per_token: ReviewRate, global: ReviewRate) -> Self {
+        let now = Instant::now();
+        Self {
+            buckets: Mutex::new(Buckets {
+                per_token,
+                global_rate: global,
+                global: Bucket::full(global, now),
+                by_token: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Charge one attempt with `token`, or refuse it (429) without charging
+    /// anything: the per-token bucket first, then the global one.
+    pub fn check(&self, token: &str, now: Instant) -> Result<(), AuthFailure> {
+        use sha2::{Digest, Sha256};
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut b = match self.buckets.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Buckets {
+            per_token,
+            global_rate,
+            global,
+            by_token,
+        } = &mut *b;
+        if by_token.len() >= MAX_TOKEN_BUCKETS && !by_token.contains_key(&key) {
+            let rate = *per_token;
+            by_token.retain(|_, bucket| bucket.refill(rate, now) < f64::from(rate.burst.max(1)));
+        }
+        let tracked = by_token.len() < MAX_TOKEN_BUCKETS || by_token.contains_key(&key);
+        let mut mine = by_token
+            .get(&key)
+            .copied()
+            .unwrap_or_else(|| Bucket::full(*per_token, now));
+        let available = mine.refill(*per_token, now);
+        if available < 1.0 {
+            by_token.insert(key, mine);
+            return Err(AuthFailure::rate_limited(
+                AUTHENTICATOR_KUBE,
+                "rate_limited",
+                wait_secs(available, *per_token),
+            ));
+        }
+        let global_available = global.refill(*global_rate, now);
+        if global_available < 1.0 {
+            if tracked {
+                by_token.insert(key, mine);
+            }
+            return Err(AuthFailure::rate_limited(
+                AUTHENTICATOR_KUBE,
+                "rate_limited_global",
+                wait_secs(global_available, *global_rate),
+            ));
+        }
+        global.tokens -= 1.0;
+        mine.tokens -= 1.0;
+        if tracked {
+            by_token.insert(key, mine);
+        }
+        Ok(())
+    }
+
+    /// Replace both rates (buckets start full again).
+    pub fn set_rates(&self, per_token: ReviewRate, global: ReviewRate) {
+        let mut b = match self.buckets.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *b = Buckets {
+            per_token,
+            global_rate: global,
+            global: Bucket::full(global, Instant::now()),
+            by_token: HashMap::new(),
+        };
+    }
+}
+
 /// Where the client configuration comes from, read at start-up so that a
 /// broken kubeconfig stops the gateway instead of failing every request.
 enum Source {
@@ -47,6 +207,8 @@ pub struct KubeAuthenticator {
     settings: KubeAuthConfig,
     source: Source,
     client: OnceCell<Client>,
+    /// Checked before every TokenReview.
+    limiter: ReviewLimiter,
 }
 
 impl std::fmt::Debug for KubeAuthenticator {
@@ -96,7 +258,13 @@ impl KubeAuthenticator {
             settings,
             source,
             client: OnceCell::new(),
+            limiter: ReviewLimiter::new(DEFAULT_REVIEW_RATE_PER_TOKEN, DEFAULT_REVIEW_RATE_GLOBAL),
         })
+    }
+
+    /// The attempt limiter (tests tighten its rates with `set_rates`).
+    pub fn limiter(&self) -> &ReviewLimiter {
+        &self.limiter
     }
 
     async fn client(&self) -> Result<Client, AuthFailure> {
@@ -135,9 +303,15 @@ impl KubeAuthenticator {
     pub async fn authenticate(
         &self,
         token: &str,
-        store: Arc<dyn Store>,
+        store: &Arc<dyn Store>,
     ) -> Result<(SandboxId, PodIdentity), AuthFailure> {
         let fp = crate::tokens::fingerprint(token);
+        // Before any API call: an unauthenticated caller must not be able
+        // to hammer the API server through us.
+        if let Err(f) = self.limiter.check(token, Instant::now()) {
+            tracing::info!(token = %fp, reason = f.reason, "ServiceAccount token attempt rate-limited");
+            return Err(f);
+        }
         let result = tokio::time::timeout(self.settings.timeout, self.review_and_fetch(token))
             .await
             .unwrap_or_else(|_| {
@@ -155,20 +329,14 @@ impl KubeAuthenticator {
             }
         };
         let id = sandbox_of(&pod)?;
-        let lookup = id.clone();
-        let exists = tokio::task::spawn_blocking(move || store.get_sandbox(&lookup))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| {
-                AuthFailure::with_status(
-                    AUTHENTICATOR_KUBE,
-                    super::STORE_ERROR,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store is unavailable; retry",
-                )
-            })?
-            .is_some();
+        let exists = super::sandbox_exists(store, &id).await.map_err(|()| {
+            AuthFailure::with_status(
+                AUTHENTICATOR_KUBE,
+                super::STORE_ERROR,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable; retry",
+            )
+        })?;
         if !exists {
             return Err(forbidden(
                 "unknown_sandbox",
@@ -349,7 +517,42 @@ mod tests {
                 "https://127.0.0.1:1".parse().unwrap(),
             ))),
             client: OnceCell::new(),
+            limiter: ReviewLimiter::new(DEFAULT_REVIEW_RATE_PER_TOKEN, DEFAULT_REVIEW_RATE_GLOBAL),
         }
+    }
+
+    #[test]
+    fn limiter_charges_per_token_then_global_and_refills() {
+        let per = ReviewRate {
+            per_sec: 1.0,
+            burst: 2,
+        };
+        let global = ReviewRate {
+            per_sec: 2.0,
+            burst: 3,
+        };
+        let l = ReviewLimiter::new(per, global);
+        let t0 = Instant::now();
+        let reason = |r: Result<(), AuthFailure>| r.err().map(|f| (f.reason, f.retry_after));
+        assert_eq!(reason(l.check("a", t0)), None);
+        assert_eq!(reason(l.check("a", t0)), None);
+        // Token `a` is out; that refusal charged nothing globally.
+        assert_eq!(reason(l.check("a", t0)), Some(("rate_limited", Some(1))));
+        assert_eq!(reason(l.check("b", t0)), None);
+        // Global bucket (3) is now empty: a fresh token is refused too.
+        assert_eq!(
+            reason(l.check("c", t0)),
+            Some(("rate_limited_global", Some(1)))
+        );
+        let f = l.check("c", t0).unwrap_err();
+        assert_eq!(f.status, StatusCode::TOO_MANY_REQUESTS);
+        // Half a second later the global bucket has one again.
+        let t1 = t0 + std::time::Duration::from_millis(500);
+        assert_eq!(reason(l.check("c", t1)), None);
+        assert_eq!(
+            reason(l.check("d", t1)),
+            Some(("rate_limited_global", Some(1)))
+        );
     }
 
     fn review(user: &str, extra: &[(&str, &[&str])]) -> TokenReview {

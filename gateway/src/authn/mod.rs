@@ -9,7 +9,10 @@
 //!    reviewed by [`kube`] → `Bootstrap` carrying the pod identity;
 //! 4. with an OIDC issuer configured, a JWT without our sandbox `typ`: an
 //!    OIDC token ([`oidc`]) → `User{roles}` or `Platform{namespaces}`;
-//! 5. a sandbox JWT ([`crate::tokens`]) whose sandbox still exists → `Sandbox`.
+//! 5. a sandbox JWT ([`crate::tokens`]) whose sandbox still exists → `Sandbox`
+//!    (plus a [`SandboxTokenBinding`] extension: the pod the token is bound
+//!    to, which `token:refresh` carries forward). "Still exists" is a memory
+//!    lookup ([`live_sandboxes`]) kept in step with the store.
 //!
 //! A ServiceAccount token on any other route reaches only step 4 and is
 //! refused there (its `alg`/`typ` are not ours) without any TokenReview.
@@ -21,6 +24,7 @@
 
 pub mod admin_token;
 pub mod kube;
+pub mod live_sandboxes;
 pub mod oidc;
 
 use std::sync::Arc;
@@ -35,10 +39,19 @@ use sha2::{Digest, Sha256};
 use tower::Layer;
 
 use crate::http::{ApiError, HttpService, Next, Request};
-use crate::principal::{BootstrapCredential, Principal, Role};
+use crate::principal::{BootstrapCredential, Principal, Role, SandboxId};
 use crate::routes::RouteId;
 use crate::state::AppState;
-use crate::store::BootstrapLookup;
+use crate::store::{BootstrapLookup, Store};
+
+/// What a verified sandbox JWT is bound to beyond its sandbox, put in the
+/// request extensions next to its `Principal::Sandbox`: `pod_uid` is set
+/// when the token descends from a Kubernetes ServiceAccount token (issued
+/// by `token:issue`, then carried forward by every `token:refresh`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxTokenBinding {
+    pub pod_uid: Option<String>,
+}
 
 /// A refusal: which authenticator, a bounded reason label, the answer's
 /// status (401 unless said otherwise) and the message.
@@ -48,6 +61,8 @@ pub struct AuthFailure {
     pub reason: &'static str,
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for `Retry-After` (429 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl AuthFailure {
@@ -71,17 +86,41 @@ impl AuthFailure {
             reason,
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
-    fn into_api_error(self) -> ApiError {
-        match self.status {
+    /// A 429: too many attempts; retry after `seconds`.
+    pub fn rate_limited(authenticator: &'static str, reason: &'static str, seconds: u64) -> Self {
+        let mut f = Self::with_status(
+            authenticator,
+            reason,
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many token attempts; retry in {seconds}s"),
+        );
+        f.retry_after = Some(seconds);
+        f
+    }
+
+    fn into_response(self) -> crate::http::Response {
+        let error = match self.status {
             StatusCode::FORBIDDEN => ApiError::forbidden(self.message),
             // Not the caller's fault: 503 so that a sidecar retries instead
             // of throwing its credential away.
             StatusCode::SERVICE_UNAVAILABLE => ApiError::unavailable(self.message),
+            StatusCode::TOO_MANY_REQUESTS => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", self.message)
+            }
             _ => ApiError::unauthenticated(self.message),
+        };
+        let mut resp = error.into_response();
+        if let Some(v) = self
+            .retry_after
+            .and_then(|s| http::HeaderValue::from_str(&s.to_string()).ok())
+        {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
+        resp
     }
 }
 
@@ -101,6 +140,23 @@ fn is_sandbox_jwt(token: &str) -> bool {
 /// Reason label when the store, not the credential, failed (answered 503).
 pub const STORE_ERROR: &str = "store_error";
 
+/// Whether sandbox `id` still exists: the store's memory index when it has
+/// one (no blocking-thread hop: this runs on every sandbox-authenticated
+/// request), else a store read on a blocking thread. `Err` when the store
+/// failed.
+pub async fn sandbox_exists(store: &Arc<dyn Store>, id: &SandboxId) -> Result<bool, ()> {
+    if let Some(exists) = store.sandbox_exists_cached(id) {
+        return Ok(exists);
+    }
+    let store = store.clone();
+    let id = id.clone();
+    tokio::task::spawn_blocking(move || store.get_sandbox(&id))
+        .await
+        .map_err(|_| ())?
+        .map(|s| s.is_some())
+        .map_err(|_| ())
+}
+
 /// SHA-256 hex of a bootstrap token: its key in the store.
 pub fn bootstrap_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -108,16 +164,19 @@ pub fn bootstrap_hash(token: &str) -> String {
 
 /// Run the chain on one request's headers; `token_issue` is whether the
 /// request is `POST /v1/token:issue` (the only route taking ServiceAccount
-/// tokens).
+/// tokens). The binding is `Some` exactly for `Principal::Sandbox`.
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     token_issue: bool,
-) -> Result<Principal, AuthFailure> {
+) -> Result<(Principal, Option<SandboxTokenBinding>), AuthFailure> {
     let Some(value) = headers.get(AUTHORIZATION) else {
-        return Ok(Principal::Anonymous {
-            insecure_allowed: state.config.insecure_allow_anonymous,
-        });
+        return Ok((
+            Principal::Anonymous {
+                insecure_allowed: state.config.insecure_allow_anonymous,
+            },
+            None,
+        ));
     };
     let token = value
         .to_str()
@@ -138,10 +197,13 @@ pub async fn authenticate(
     if let Some(admin) = &state.admin_token
         && admin.matches(token)
     {
-        return Ok(Principal::User {
-            subject: "admin".to_owned(),
-            roles: vec![Role::Admin],
-        });
+        return Ok((
+            Principal::User {
+                subject: "admin".to_owned(),
+                roles: vec![Role::Admin],
+            },
+            None,
+        ));
     }
 
     if token.starts_with(BOOTSTRAP_TOKEN_PREFIX) {
@@ -159,10 +221,13 @@ pub async fn authenticate(
                 AuthFailure::new("bootstrap", STORE_ERROR, "the store is unavailable; retry")
             })?;
         return match lookup {
-            BootstrapLookup::Valid(rec) => Ok(Principal::Bootstrap {
-                sandbox_id: rec.sandbox_id,
-                credential: BootstrapCredential::OneTime { token_hash: hash },
-            }),
+            BootstrapLookup::Valid(rec) => Ok((
+                Principal::Bootstrap {
+                    sandbox_id: rec.sandbox_id,
+                    credential: BootstrapCredential::OneTime { token_hash: hash },
+                },
+                None,
+            )),
             BootstrapLookup::Expired => Err(AuthFailure::new(
                 "bootstrap",
                 "expired",
@@ -186,11 +251,14 @@ pub async fn authenticate(
                  --sandbox-service-account and --sandbox-namespaces); use a bootstrap token",
             ));
         };
-        let (sandbox_id, pod) = kube.authenticate(token, state.store.clone()).await?;
-        return Ok(Principal::Bootstrap {
-            sandbox_id,
-            credential: BootstrapCredential::ServiceAccount(pod),
-        });
+        let (sandbox_id, pod) = kube.authenticate(token, &state.store).await?;
+        return Ok((
+            Principal::Bootstrap {
+                sandbox_id,
+                credential: BootstrapCredential::ServiceAccount(pod),
+            },
+            None,
+        ));
     }
 
     // A JWT that is not ours, with an OIDC issuer configured: a user or
@@ -199,7 +267,10 @@ pub async fn authenticate(
         && let Some(oidc) = &state.oidc
         && !is_sandbox_jwt(token)
     {
-        return oidc.authenticate(token, crate::fsutil::now()).await;
+        return oidc
+            .authenticate(token, crate::fsutil::now())
+            .await
+            .map(|p| (p, None));
     }
 
     if jwt_shaped {
@@ -209,20 +280,14 @@ pub async fn authenticate(
             .verify(token, now)
             .map_err(|e| AuthFailure::new("sandbox_jwt", e.as_str(), e.to_string()))?;
         // Deleting a sandbox revokes its tokens at once.
-        let store = state.store.clone();
-        let lookup_id = id.clone();
-        let exists = tokio::task::spawn_blocking(move || store.get_sandbox(&lookup_id))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| {
-                AuthFailure::new(
-                    "sandbox_jwt",
-                    STORE_ERROR,
-                    "the store is unavailable; retry",
-                )
-            })?
-            .is_some();
+        let exists = sandbox_exists(&state.store, &id).await.map_err(|()| {
+            state.metrics.store_errors.inc();
+            AuthFailure::new(
+                "sandbox_jwt",
+                STORE_ERROR,
+                "the store is unavailable; retry",
+            )
+        })?;
         if !exists {
             return Err(AuthFailure::new(
                 "sandbox_jwt",
@@ -230,10 +295,15 @@ pub async fn authenticate(
                 "the sandbox of this token no longer exists",
             ));
         }
-        return Ok(Principal::Sandbox {
-            id,
-            jti: claims.jti,
-        });
+        return Ok((
+            Principal::Sandbox {
+                id,
+                jti: claims.jti,
+            },
+            Some(SandboxTokenBinding {
+                pod_uid: claims.pod_uid,
+            }),
+        ));
     }
 
     Err(AuthFailure::new(
@@ -251,9 +321,12 @@ pub fn layer(state: Arc<AppState>) -> impl Layer<HttpService, Service = HttpServ
             let token_issue = crate::routes::match_route(req.method(), req.uri().path())
                 .is_ok_and(|m| m.route.id == RouteId::TokenIssue);
             match authenticate(&state, req.headers(), token_issue).await {
-                Ok(principal) => {
+                Ok((principal, binding)) => {
                     tracing::Span::current().record("principal", principal.subject());
                     req.extensions_mut().insert(principal);
+                    if let Some(binding) = binding {
+                        req.extensions_mut().insert(binding);
+                    }
                     next.run(req).await
                 }
                 Err(failure) => {
@@ -265,7 +338,7 @@ pub fn layer(state: Arc<AppState>) -> impl Layer<HttpService, Service = HttpServ
                         reason = failure.reason,
                         "credential refused"
                     );
-                    failure.into_api_error().into_response()
+                    failure.into_response()
                 }
             }
         }

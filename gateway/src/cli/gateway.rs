@@ -24,12 +24,6 @@ pub fn run(cmd: GatewayCommand) -> ExitCode {
         print!("{}", config.redacted_yaml());
         return ExitCode::SUCCESS;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,7 +34,19 @@ pub fn run(cmd: GatewayCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(palisade_gateway::server::serve(config)) {
+    // Logs, and OTLP span export when OTEL_EXPORTER_OTLP_ENDPOINT is set (its
+    // gRPC channel lives on the runtime, so it is created inside it).
+    let telemetry = match rt.block_on(async { crate::telemetry::init("info") }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("palisade gateway serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(palisade_gateway::server::serve(config));
+    // After the server drained, before the runtime goes: flush the last spans.
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("palisade gateway serve: {e:#}");

@@ -55,7 +55,7 @@ pub fn router(state: Arc<AppState>) -> HttpService {
                 RouteId::PolicyPut => policies::put(&ctx, req).await,
                 RouteId::PolicyGet => policies::get(&ctx).await,
                 RouteId::TokenIssue => tokens::issue(&ctx).await,
-                RouteId::TokenRefresh => tokens::refresh(&ctx).await,
+                RouteId::TokenRefresh => tokens::refresh(&ctx, &req),
                 RouteId::KeysList => keys::list(&ctx),
                 RouteId::KeysRotate => keys::rotate(&ctx).await,
                 RouteId::SandboxSession => session::open(&ctx).await,

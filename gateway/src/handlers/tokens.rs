@@ -1,67 +1,23 @@
 //! `POST /v1/token:issue` (one-time bootstrap token, or a reviewed
 //! Kubernetes ServiceAccount token → sandbox JWT; the latter bound to the
 //! pod by a `pod_uid` claim) and `POST /v1/token:refresh` (sandbox JWT → new
-//! sandbox JWT, new `jti`).
+//! sandbox JWT, new `jti`, the same `pod_uid` binding or none).
 
 use http::StatusCode;
-use palisade_api::{
-    SANDBOX_TOKEN_AUDIENCE, TokenResponse, WorkloadTokenRequest, WorkloadTokenResponse,
-};
+use palisade_api::{TokenResponse, WorkloadTokenRequest, WorkloadTokenResponse};
 use palisade_policy::model::CredentialSource;
-use serde::Serialize;
 
 use super::{Ctx, HandlerResult};
+use crate::authn::SandboxTokenBinding;
 use crate::http::{ApiError, json};
-use crate::principal::{BootstrapCredential, PodIdentity, Principal, SandboxId};
-use crate::tokens::SandboxClaims;
+use crate::principal::{BootstrapCredential, Principal, SandboxId};
 
-/// Claims of a sandbox JWT issued for a ServiceAccount token: the usual
-/// claims plus the UID of the pod the token was bound to.
-#[derive(Debug, Serialize)]
-struct PodBoundClaims<'a> {
-    #[serde(flatten)]
-    base: &'a SandboxClaims,
-    pod_uid: &'a str,
-}
-
-/// A sandbox JWT carrying `pod_uid`, signed by the active key.
-fn answer_pod_bound(ctx: &Ctx, id: &SandboxId, pod: &PodIdentity) -> HandlerResult {
-    let now = crate::fsutil::now();
-    let tokens = &ctx.state.tokens;
-    let claims = SandboxClaims {
-        iss: tokens.issuer().to_owned(),
-        sub: id.to_string(),
-        aud: SANDBOX_TOKEN_AUDIENCE.to_owned(),
-        sandbox_id: id.to_string(),
-        iat: now,
-        nbf: now,
-        exp: now + ctx.state.config.token_ttl.as_secs(),
-        jti: uuid::Uuid::new_v4().to_string(),
-    };
-    let bound = PodBoundClaims {
-        base: &claims,
-        pod_uid: &pod.uid,
-    };
-    let (token, kid) = tokens
-        .sign_claims(&bound)
-        .map_err(|e| ApiError::internal(format!("cannot sign a token: {e}")))?;
-    Ok(json(
-        StatusCode::OK,
-        &TokenResponse {
-            token,
-            token_type: "Bearer".to_owned(),
-            sandbox_id: id.to_string(),
-            expires_at: claims.exp,
-            kid,
-        },
-    ))
-}
-
-fn answer(ctx: &Ctx, id: &SandboxId) -> HandlerResult {
+/// A sandbox JWT for `id`, bound to the pod `pod_uid` when given.
+fn answer(ctx: &Ctx, id: &SandboxId, pod_uid: Option<String>) -> HandlerResult {
     let minted = ctx
         .state
         .tokens
-        .mint(id, crate::fsutil::now())
+        .mint_bound(id, pod_uid, crate::fsutil::now())
         .map_err(|e| ApiError::internal(format!("cannot sign a token: {e}")))?;
     Ok(json(
         StatusCode::OK,
@@ -73,6 +29,16 @@ fn answer(ctx: &Ctx, id: &SandboxId) -> HandlerResult {
             kid: minted.kid,
         },
     ))
+}
+
+/// Whether the sandbox still exists (memory index; see `authn::live_sandboxes`).
+async fn exists(ctx: &Ctx, id: &SandboxId) -> Result<bool, ApiError> {
+    crate::authn::sandbox_exists(&ctx.state.store, id)
+        .await
+        .map_err(|()| {
+            ctx.state.metrics.store_errors.inc();
+            ApiError::unavailable("the gateway store failed; retry, and see the gateway log")
+        })
 }
 
 pub async fn issue(ctx: &Ctx) -> HandlerResult {
@@ -90,14 +56,13 @@ pub async fn issue(ctx: &Ctx) -> HandlerResult {
         BootstrapCredential::ServiceAccount(pod) => {
             // The authenticator checked the record; check again right before
             // minting so that a sandbox deleted meanwhile gets no token.
-            let lookup = sandbox_id.clone();
-            if ctx.store(move |s| s.get_sandbox(&lookup)).await?.is_none() {
+            if !exists(ctx, sandbox_id).await? {
                 ctx.state
                     .metrics
                     .auth_failure(crate::authn::AUTHENTICATOR_KUBE, "unknown_sandbox");
                 return Err(ApiError::forbidden("the pod's sandbox no longer exists"));
             }
-            let resp = answer_pod_bound(ctx, sandbox_id, pod)?;
+            let resp = answer(ctx, sandbox_id, Some(pod.uid.clone()))?;
             ctx.state.metrics.tokens_issued.inc();
             tracing::info!(
                 sandbox = %sandbox_id,
@@ -118,24 +83,29 @@ pub async fn issue(ctx: &Ctx) -> HandlerResult {
             "the bootstrap token is unknown or was already used",
         ));
     };
-    let lookup = id.clone();
-    if ctx.store(move |s| s.get_sandbox(&lookup)).await?.is_none() {
+    if !exists(ctx, &id).await? {
         return Err(ApiError::sandbox_not_found());
     }
-    let resp = answer(ctx, &id)?;
+    let resp = answer(ctx, &id, None)?;
     ctx.state.metrics.tokens_issued.inc();
     tracing::info!(sandbox = %id, "sandbox token issued");
     Ok(resp)
 }
 
-pub async fn refresh(ctx: &Ctx) -> HandlerResult {
+pub fn refresh(ctx: &Ctx, req: &crate::http::Request) -> HandlerResult {
     let Principal::Sandbox { id, .. } = &ctx.principal else {
         return Err(ApiError::forbidden(
             "POST /v1/token:refresh needs a sandbox token",
         ));
     };
-    // The authentication layer already checked that the sandbox exists.
-    let resp = answer(ctx, id)?;
+    // The authentication layer checked that the sandbox exists, and put the
+    // presented token's pod binding beside the principal: carry it forward
+    // unchanged (a missing binding is a misbuilt stack, never "unbound").
+    let binding = req
+        .extensions()
+        .get::<SandboxTokenBinding>()
+        .ok_or_else(|| ApiError::internal("token binding missing: stack misbuilt"))?;
+    let resp = answer(ctx, id, binding.pod_uid.clone())?;
     ctx.state.metrics.tokens_refreshed.inc();
     Ok(resp)
 }

@@ -6,6 +6,15 @@
 //! made. The request's [`TraceContext`] goes into request extensions, and the
 //! answer carries it back in a `traceresponse` header (Trace Context level 2)
 //! so that a caller can find the gateway's span.
+//!
+//! OpenTelemetry: when the binary installed the OpenTelemetry layer
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT` set, see the `palisade` binary's
+//! `telemetry` module), the caller's context becomes the exported span's
+//! remote parent and the span's own ids are read back from it, so logs,
+//! `traceresponse` and the exported span all name the same span. Without
+//! that layer nothing here touches OpenTelemetry beyond one failed lookup.
+//! Only [`EXPORTED_FIELDS`] ever leave the process; the request id, the
+//! principal and every header stay in the logs.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -21,6 +30,19 @@ use crate::http::{HttpService, Next, Request, from_fn};
 pub const TRACEPARENT: &str = "traceparent";
 /// The answer header naming the gateway's span.
 pub const TRACERESPONSE: &str = "traceresponse";
+
+/// Target and name of the per-request span: what the OpenTelemetry layer
+/// selects (nothing else is exported).
+pub const SPAN_TARGET: &str = module_path!();
+pub const SPAN_NAME: &str = "request";
+
+/// The request span's fields that may be exported (OpenTelemetry HTTP
+/// semantic conventions): method, route TEMPLATE (never the raw path), status.
+pub const EXPORTED_FIELDS: &[&str] = &[
+    "http.request.method",
+    "http.route",
+    "http.response.status_code",
+];
 
 /// The trace this request belongs to and the gateway's span in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +135,59 @@ impl TraceContext {
     }
 }
 
+/// The method as exported: a standard method, or `_OTHER` (semantic
+/// conventions), so a client cannot put arbitrary text in a span.
+fn method_label(method: &http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
+/// Make the caller's span the OpenTelemetry parent of `span` and take back
+/// the ids the exported span got. No-op (our own ids stay) without the
+/// OpenTelemetry layer.
+fn continue_in_otel(span: &tracing::Span, trace: &mut TraceContext) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let parent = match trace.parent_span_id {
+        Some(parent) => opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_bytes(trace.trace_id),
+            SpanId::from_bytes(parent),
+            if trace.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            true,
+            TraceState::default(),
+        )),
+        // A new trace: a root span, whatever span happens to be current.
+        None => opentelemetry::Context::new(),
+    };
+    if span.set_parent(parent).is_err() {
+        return;
+    }
+    let cx = span.context();
+    let exported = cx.span().span_context().clone();
+    if exported.is_valid() {
+        trace.trace_id = exported.trace_id().to_bytes();
+        trace.span_id = exported.span_id().to_bytes();
+        trace.sampled = exported.is_sampled();
+    }
+}
+
 pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
     from_fn(|mut req: Request, next: Next| async move {
         let id = req
@@ -120,27 +195,40 @@ pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        let route = crate::routes::match_route(req.method(), req.uri().path())
+        let matched = crate::routes::match_route(req.method(), req.uri().path()).ok();
+        let route = matched
+            .as_ref()
             .map(|m| m.route.id.as_str())
             .unwrap_or("unmatched");
-        let trace = TraceContext::from_headers(req.headers());
-        req.extensions_mut().insert(trace);
         let span = tracing::info_span!(
-            "request",
+            target: SPAN_TARGET,
+            SPAN_NAME,
             request_id = %id,
-            trace_id = %trace.trace_id_hex(),
-            method = %req.method(),
+            trace_id = tracing::field::Empty,
             route,
             principal = tracing::field::Empty,
+            http.request.method = method_label(req.method()),
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
         );
+        if let Some(m) = &matched {
+            span.record("http.route", m.route.path);
+        }
+        let mut trace = TraceContext::from_headers(req.headers());
+        continue_in_otel(&span, &mut trace);
+        span.record("trace_id", trace.trace_id_hex());
+        req.extensions_mut().insert(trace);
         async move {
             let start = Instant::now();
             let mut resp = next.run(req).await;
             if let Ok(v) = HeaderValue::from_str(&trace.header_value()) {
                 resp.headers_mut().insert(TRACERESPONSE, v);
             }
+            let status = resp.status().as_u16();
+            // i64: OpenTelemetry keeps integers only from i64 (u64 becomes a string).
+            tracing::Span::current().record("http.response.status_code", i64::from(status));
             tracing::info!(
-                status = resp.status().as_u16(),
+                status,
                 elapsed_ms = start.elapsed().as_millis() as u64,
                 "request done"
             );
@@ -198,5 +286,23 @@ mod tests {
         assert_eq!(fresh.parent_span_id, None);
         assert_ne!(fresh.trace_id, t.trace_id);
         assert_ne!(fresh.trace_id, [0; 16]);
+    }
+
+    #[test]
+    fn only_standard_methods_are_exported_verbatim() {
+        assert_eq!(method_label(&http::Method::GET), "GET");
+        assert_eq!(method_label(&http::Method::PATCH), "PATCH");
+        let odd = http::Method::from_bytes(b"SECRETSAUCE").unwrap();
+        assert_eq!(method_label(&odd), "_OTHER");
+    }
+
+    #[test]
+    fn without_the_otel_layer_our_own_ids_stay() {
+        let mut h = http::HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(GOOD));
+        let mut t = TraceContext::from_headers(&h);
+        let before = t;
+        continue_in_otel(&tracing::Span::none(), &mut t);
+        assert_eq!(t, before);
     }
 }

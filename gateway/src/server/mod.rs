@@ -46,7 +46,10 @@ pub fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
             config.data_dir.display()
         )
     })?;
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir)?);
+    // Sandbox ids kept in memory too: the per-request revocation check.
+    let store: Arc<dyn Store> = Arc::new(crate::authn::live_sandboxes::LiveSandboxStore::load(
+        Arc::new(RedbStore::open(&config.data_dir)?),
+    )?);
     let admin_token = config
         .admin_token_file
         .as_deref()

@@ -125,6 +125,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         bootstrap: &BootstrapRecord,
     ) -> Result<(), StoreError>;
     fn get_sandbox(&self, id: &SandboxId) -> Result<Option<Sandbox>, StoreError>;
+    /// Whether sandbox `id` exists, answered from memory with no I/O (so
+    /// callable on async threads); `None` when this store keeps no such
+    /// index and the caller must use `get_sandbox`. See
+    /// [`crate::authn::live_sandboxes`].
+    fn sandbox_exists_cached(&self, _id: &SandboxId) -> Option<bool> {
+        None
+    }
     fn list_sandboxes(&self) -> Result<Vec<Sandbox>, StoreError>;
     /// Delete a sandbox and every bootstrap token of it; false if it did not exist.
     fn delete_sandbox(&self, id: &SandboxId) -> Result<bool, StoreError>;

@@ -24,6 +24,15 @@ pub type IdentityValidity = watch::Receiver<Option<Instant>>;
 /// Longest path a binding glob may have, in segments (bounds matching work).
 const MAX_GLOB_SEGMENTS: usize = 64;
 
+/// Why a gateway-managed sidecar withholds every credential.
+pub fn identity_lapsed() -> CredentialError {
+    CredentialError::Unreadable(
+        "the sandbox identity has lapsed (gateway unreachable past the JWT's expiry, or the \
+         sandbox was deleted); credentials are withheld"
+            .into(),
+    )
+}
+
 /// One place a credential may be injected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
@@ -130,7 +139,9 @@ impl DeliveredStore {
         *set = (revision, map);
     }
 
-    fn identity_valid(&self) -> bool {
+    /// Whether the sandbox identity is valid now; every credential of a gateway-managed
+    /// sidecar is withheld while it is not.
+    pub fn identity_valid(&self) -> bool {
         self.identity
             .borrow()
             .is_some_and(|until| Instant::now() < until)
@@ -139,11 +150,7 @@ impl DeliveredStore {
     /// The value for policy credential `name`.
     pub fn get(&self, name: &str) -> Result<Secret, CredentialError> {
         if !self.identity_valid() {
-            return Err(CredentialError::Unreadable(
-                "the sandbox identity has lapsed (gateway unreachable past the JWT's expiry, \
-                 or the sandbox was deleted); gateway credentials are withheld"
-                    .into(),
-            ));
+            return Err(identity_lapsed());
         }
         let set = match self.set.read() {
             Ok(s) => s,

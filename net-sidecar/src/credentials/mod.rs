@@ -189,8 +189,42 @@ impl Registry {
                 )),
             },
         };
+        // A gateway-managed sidecar injects nothing, whatever the source, once the sandbox
+        // identity has lapsed or was revoked (deleting the sandbox stops all injection).
+        let src: Arc<dyn CredentialSource> = match &self.gateway {
+            Some(gw) => Arc::new(IdentityGated {
+                inner: src,
+                delivered: gw.delivered.clone(),
+            }),
+            None => src,
+        };
         map.insert(name.to_owned(), (def.clone(), src.clone()));
         src
+    }
+}
+
+/// A source that answers only while the sandbox identity is valid.
+#[derive(Debug)]
+struct IdentityGated {
+    inner: Arc<dyn CredentialSource>,
+    delivered: Arc<DeliveredStore>,
+}
+
+impl CredentialSource for IdentityGated {
+    fn get(&self) -> GetFuture<'_> {
+        if !self.delivered.identity_valid() {
+            return Box::pin(std::future::ready(Err(delivered::identity_lapsed())));
+        }
+        self.inner.get()
+    }
+    fn get_for<'a>(&'a self, target: &'a token_grant::RequestTarget<'a>) -> GetFuture<'a> {
+        if !self.delivered.identity_valid() {
+            return Box::pin(std::future::ready(Err(delivered::identity_lapsed())));
+        }
+        self.inner.get_for(target)
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
     }
 }
 
@@ -292,5 +326,58 @@ mod tests {
         let d2 = def(SourceSpec::Env("PALISADE_TEST_NOPE_X".into()), None);
         let s2 = r.source("wl", &d2);
         assert_eq!(s2.kind(), "env");
+    }
+
+    #[derive(Debug)]
+    struct AlwaysMints;
+
+    impl WorkloadTokens for AlwaysMints {
+        fn fetch<'a>(&'a self, audience: &'a str) -> FetchFuture<'a> {
+            Box::pin(async move {
+                Ok((
+                    Secret::new(&format!("minted-for-{audience}")).unwrap(),
+                    std::time::Duration::from_secs(300),
+                ))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_managed_sidecar_injects_nothing_once_the_identity_lapses() {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let r = Registry::with_gateway(GatewayCredentials {
+            delivered: Arc::new(DeliveredStore::new(rx)),
+            workload: Arc::new(AlwaysMints),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "file-token\n").unwrap();
+        let file_def = def(SourceSpec::File(file.display().to_string()), Some("Bearer"));
+        let wl_def = def(
+            SourceSpec::WorkloadToken {
+                audience: "aud".into(),
+            },
+            Some("Bearer"),
+        );
+        let (f, wl) = (r.source("f", &file_def), r.source("wl", &wl_def));
+        assert_eq!(f.kind(), "file", "the gate keeps the source's label");
+        let lapsed = |e: CredentialError| e.to_string().contains("lapsed");
+        assert!(lapsed(f.get().await.unwrap_err()), "no identity yet");
+        tx.send_replace(Some(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        ));
+        assert_eq!(f.get().await.unwrap().expose(), "file-token");
+        assert_eq!(wl.get().await.unwrap().expose(), "minted-for-aud");
+        // Revoked (sandbox deleted): even the cached workload token is withheld.
+        tx.send_replace(None);
+        assert!(lapsed(f.get().await.unwrap_err()));
+        assert!(lapsed(wl.get().await.unwrap_err()));
+        // Lapsed (the gateway away past the JWT's expiry).
+        tx.send_replace(Some(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        ));
+        assert!(wl.get().await.is_ok());
+        tokio::time::advance(std::time::Duration::from_secs(61)).await;
+        assert!(lapsed(wl.get().await.unwrap_err()));
     }
 }

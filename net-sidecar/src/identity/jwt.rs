@@ -213,7 +213,10 @@ impl JwtStore {
         {
             return Ok(j.clone());
         }
-        let result = match now.as_ref().filter(|j| j.is_valid()) {
+        // A token that expired here is still offered: the gateway accepts it within its
+        // leeway (an outage a little longer than the lifetime is survivable), and refuses it
+        // with 401 otherwise, which leads to a re-bootstrap below.
+        let result = match now.as_ref() {
             Some(j) => match self.issuer.refresh(j.expose()).await {
                 Ok(resp) => Ok(self.install(resp, "refreshed")),
                 Err(e) if e.is_unauthorized() => {
@@ -501,6 +504,42 @@ mod tests {
         assert!(err.to_string().contains("already used"), "{err}");
         // The one-time token was sent exactly once.
         assert_eq!(fake.issues.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_jwt_is_offered_for_refresh_before_any_rebootstrap() {
+        let fake = Arc::new(Fake {
+            ttl: 10,
+            ..Fake::default()
+        });
+        let (s, m, _dir) = store(fake.clone());
+        let first = s.get().await.unwrap();
+        // The gateway was away for longer than the lifetime.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(s.current().is_none(), "an expired JWT is never handed out");
+        let second = s.get().await.unwrap();
+        assert_eq!(second.expose(), "tok-100", "refreshed with the expired JWT");
+        assert!(second.generation > first.generation);
+        assert_eq!(fake.issues.load(Ordering::SeqCst), 1, "no re-bootstrap");
+        assert_eq!(m.refreshes.with_label_values(&["refreshed"]).get(), 1);
+        // Past the gateway's leeway it answers 401: only then is a re-bootstrap tried (and,
+        // with a spent one-time token, the identity is withdrawn).
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        fake.refuse_refresh.store(true, Ordering::SeqCst);
+        assert!(s.get().await.is_err());
+        assert!(s.current().is_none());
+        assert_eq!(m.refreshes.with_label_values(&["unauthorized"]).get(), 1);
+        assert_eq!(
+            m.refreshes
+                .with_label_values(&["rebootstrap_impossible"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            fake.issues.load(Ordering::SeqCst),
+            1,
+            "the spent token is not resent"
+        );
     }
 
     #[test]

@@ -171,6 +171,17 @@ async fn stream_inner(
         )));
     }
     ctx.metrics.set_session_state("connected");
+    if Instant::now() >= jwt.refresh_at {
+        // The gateway is back after refreshes were missed: renew now rather than at the
+        // refresh loop's next backoff step, so the identity does not lapse (and credentials
+        // are not withheld) while the gateway is reachable. Single-flight with that loop.
+        let (store, seen) = (ctx.jwt.clone(), jwt.generation);
+        tokio::spawn(async move {
+            if let Err(e) = store.renew(seen).await {
+                tracing::warn!(error = %e, "cannot renew the sandbox JWT after reconnecting");
+            }
+        });
+    }
     let mut body = resp.into_body();
     let mut lines = NdjsonLines::new(MAX_EVENT_LINE);
     let mut heartbeat = Duration::from_secs(DEFAULT_HEARTBEAT_SECONDS);

@@ -58,7 +58,11 @@ impl TokenCache {
         }
         let mut inflight = lock(&self.inflight);
         if let Some(rx) = inflight.get(key) {
-            return Lookup::Shared(rx.clone());
+            // A closed sender means the exchange task ended without `finish` (cancelled or
+            // panicked): joining it would fail forever, so this caller takes the lead.
+            if rx.has_changed().is_ok() {
+                return Lookup::Shared(rx.clone());
+            }
         }
         // Re-check under the in-flight lock: an exchange may have finished in between.
         if let Some(c) = lock(&self.entries).get(key)
@@ -90,5 +94,47 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    fn key(audience: &str) -> super::super::TokenKey {
+        super::super::TokenKey {
+            endpoint: "https://sts.test/token".into(),
+            grant: palisade_policy::model::GrantType::ClientCredentials,
+            svid_audience: "sts.test".into(),
+            audience: Some(audience.into()),
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn single_flight_and_recovery_from_an_abandoned_exchange() {
+        let cache = TokenCache::new(NonZeroUsize::new(4).unwrap());
+        let k = key("a");
+        let Lookup::Lead(tx, _rx) = cache.lookup(&k) else {
+            panic!("the first caller leads")
+        };
+        assert!(matches!(cache.lookup(&k), Lookup::Shared(_)));
+        assert!(matches!(cache.lookup(&key("b")), Lookup::Lead(..)));
+        // The leader goes away without finishing: the next caller must not wait on it.
+        drop(tx);
+        let Lookup::Lead(tx, _rx) = cache.lookup(&k) else {
+            panic!("an abandoned exchange is replaced, not joined")
+        };
+        let secret = Secret::new("tok").unwrap();
+        cache.finish(
+            &k,
+            Some((
+                secret.clone(),
+                Instant::now() + std::time::Duration::from_secs(60),
+            )),
+        );
+        tx.send_replace(Some(Ok(secret)));
+        assert!(matches!(cache.lookup(&k), Lookup::Hit(s) if s.expose() == "tok"));
     }
 }

@@ -270,18 +270,39 @@ pub(super) async fn post(
     }
 }
 
+/// Tries of the system resolver before the exchange fails (a resolver answers "try again"
+/// now and then; the exchange's total timeout still bounds the whole).
+const RESOLVE_TRIES: u32 = 3;
+const RESOLVE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The endpoint's addresses from the system resolver (`/etc/resolv.conf` with its search
+/// list, so short in-cluster `*.svc` names work), retried on failure.
+async fn resolve(endpoint: &Endpoint) -> Result<Vec<std::net::SocketAddr>, GrantError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
+            Ok(addrs) => return Ok(addrs.collect()),
+            Err(e) if tries >= RESOLVE_TRIES => {
+                return Err(GrantError::new(
+                    "connect",
+                    format!("cannot resolve {} ({tries} tries): {e}", endpoint.host),
+                ));
+            }
+            Err(e) => {
+                tracing::debug!(host = %endpoint.host, error = %e, tries,
+                    "resolving the token endpoint failed; retrying");
+                tokio::time::sleep(RESOLVE_RETRY_DELAY * tries).await;
+            }
+        }
+    }
+}
+
 async fn connect(
     endpoint: &Endpoint,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Box<dyn Io>, GrantError> {
-    let addrs = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
-        .await
-        .map_err(|e| {
-            GrantError::new(
-                "connect",
-                format!("cannot resolve {}: {}", endpoint.host, e.kind()),
-            )
-        })?;
+    let addrs = resolve(endpoint).await?;
     let mut last = None;
     let mut tcp = None;
     for addr in addrs {
