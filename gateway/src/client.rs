@@ -105,11 +105,20 @@ impl GatewayClient {
         body: Bytes,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Answer> {
+        let mut req = self.builder(method, path)?;
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).context("invalid request")?;
+        exchange(TokioIo::new(self.dial().await?), req).await
+    }
+
+    /// A request to `path` with the gateway's `Host` and, if set, the bearer token.
+    fn builder(&self, method: Method, path: &str) -> anyhow::Result<http::request::Builder> {
         let host = self.base.host().context("gateway URL has no host")?;
-        let port = self
-            .base
-            .port_u16()
-            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let authority = self
             .base
             .authority()
@@ -122,29 +131,33 @@ impl GatewayClient {
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if let Some(ct) = content_type {
-            req = req.header(header::CONTENT_TYPE, ct);
-        }
-        for (k, v) in extra {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(body)).context("invalid request")?;
-        let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
+        Ok(req)
+    }
+
+    /// A connection to the gateway: TCP, then TLS unless the URL is plaintext.
+    async fn dial(&self) -> anyhow::Result<Box<dyn UpgradeIo>> {
+        let host = self.base.host().context("gateway URL has no host")?;
+        let host = host.trim_matches(['[', ']']);
+        let port = self
+            .base
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let tcp = TcpStream::connect((host, port))
             .await
             .with_context(|| format!("cannot connect to the gateway at {}", self.base))?;
-        let resp = match &self.tls {
-            None => exchange(TokioIo::new(tcp), req).await?,
+        Ok(match &self.tls {
+            None => Box::new(tcp),
             Some(connector) => {
-                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                let name = ServerName::try_from(host.to_owned())
                     .context("gateway host is not a valid TLS name")?;
-                let tls = connector
-                    .connect(name, tcp)
-                    .await
-                    .with_context(|| format!("TLS handshake with {} failed", self.base))?;
-                exchange(TokioIo::new(tls), req).await?
+                Box::new(
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .with_context(|| format!("TLS handshake with {} failed", self.base))?,
+                )
             }
-        };
-        Ok(resp)
+        })
     }
 }
 
@@ -162,45 +175,13 @@ impl GatewayClient {
         path: &str,
         protocol: &str,
     ) -> anyhow::Result<Result<hyper::upgrade::Upgraded, Answer>> {
-        let host = self.base.host().context("gateway URL has no host")?;
-        let host = host.trim_matches(['[', ']']);
-        let port = self
-            .base
-            .port_u16()
-            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        let authority = self
-            .base
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| host.to_owned());
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, authority)
+        let req = self
+            .builder(method, path)?
             .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, protocol);
-        if let Some(token) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let req = req
+            .header(header::UPGRADE, protocol)
             .body(Full::new(Bytes::new()))
             .context("invalid request")?;
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .with_context(|| format!("cannot connect to the gateway at {}", self.base))?;
-        let io: Box<dyn UpgradeIo> = match &self.tls {
-            None => Box::new(tcp),
-            Some(connector) => {
-                let name = ServerName::try_from(host.to_owned())
-                    .context("gateway host is not a valid TLS name")?;
-                Box::new(
-                    connector
-                        .connect(name, tcp)
-                        .await
-                        .with_context(|| format!("TLS handshake with {} failed", self.base))?,
-                )
-            }
-        };
+        let io = self.dial().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .context("HTTP handshake with the gateway failed")?;

@@ -6,7 +6,9 @@
 
 use http::Method;
 
-use crate::http::ApiError;
+use std::sync::Arc;
+
+use crate::http::{ApiError, Request};
 use crate::principal::{Principal, Scope};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -289,6 +291,21 @@ pub fn match_route(method: &Method, path: &str) -> Result<Matched, ApiError> {
     }
 }
 
+/// A request's match, kept in its extensions by the first layer that asks, so the route
+/// table is walked once per request however many layers need the route.
+#[derive(Debug, Clone)]
+struct RouteMatch(Arc<Result<Matched, ApiError>>);
+
+/// [`match_route`] on `req`'s method and path, computed once per request.
+pub fn route_of(req: &mut Request) -> Arc<Result<Matched, ApiError>> {
+    if let Some(RouteMatch(m)) = req.extensions().get::<RouteMatch>() {
+        return m.clone();
+    }
+    let m = Arc::new(match_route(req.method(), req.uri().path()));
+    req.extensions_mut().insert(RouteMatch(m.clone()));
+    m
+}
+
 fn match_path(template: &str, path: &str) -> Option<Params> {
     let mut t = template.split('/');
     let mut p = path.split('/');
@@ -438,6 +455,29 @@ mod tests {
         path.replace("{id}", id)
             .replace("{name}", "web")
             .replace("{relay_id}", "0123456789abcdef0123456789abcdef")
+    }
+
+    #[test]
+    fn a_request_is_matched_once_and_the_match_is_shared() {
+        let body = || {
+            use http_body_util::BodyExt as _;
+            http_body_util::Empty::<bytes::Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        };
+        let mut req = http::Request::get("/v1/sandboxes/sbx-1")
+            .body(body())
+            .unwrap();
+        let first = route_of(&mut req);
+        let again = route_of(&mut req);
+        assert!(Arc::ptr_eq(&first, &again), "matched twice");
+        let m = first.as_ref().as_ref().unwrap();
+        assert_eq!(m.params.id.as_deref(), Some("sbx-1"));
+        let mut bad = http::Request::patch("/v1/sandboxes").body(body()).unwrap();
+        assert_eq!(
+            route_of(&mut bad).as_ref().as_ref().unwrap_err().status,
+            405
+        );
     }
 
     #[test]

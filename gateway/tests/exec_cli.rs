@@ -11,7 +11,6 @@ use std::time::Duration;
 use http::Method;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use palisade_api::exec::{ExecExit, Frame, write_frame};
 use palisade_api::session::SessionEvent;
 use support::*;
@@ -88,16 +87,14 @@ async fn exec_cli_runs_through_the_relay_and_exits_with_the_remote_status() {
     assert!(err.contains("no sandbox named `nope`"), "{err}");
 
     // The sidecar's session.
-    let mut c = connect(&gw).await;
-    let resp = c
-        .send_request(request(
-            Method::GET,
-            &format!("/v1/sandboxes/{id}/session"),
-            &token,
-            None,
-        ))
-        .await
-        .unwrap();
+    let resp = send(
+        &gw,
+        Method::GET,
+        &format!("/v1/sandboxes/{id}/session"),
+        &token,
+        None,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let mut session = resp.into_body();
     let mut buf = Vec::new();
@@ -110,18 +107,17 @@ async fn exec_cli_runs_through_the_relay_and_exits_with_the_remote_status() {
     drop(stdin);
 
     let relay_id = next_relay(&mut session, &mut buf).await;
-    let mut c = connect(&gw).await;
-    let dial = c
-        .send_request(request(
+    let mut shim = upgraded(
+        send(
+            &gw,
             Method::POST,
             &format!("/v1/sandboxes/{id}/relays/{relay_id}"),
             &token,
             Some("palisade-relay"),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(dial.status(), 101);
-    let mut shim = TokioIo::new(hyper::upgrade::on(dial).await.unwrap());
+        )
+        .await,
+    )
+    .await;
 
     // Play the shim: echo stdin until EOF, then report exit code 3.
     let Frame::Open(open) = next_frame(&mut shim).await else {
@@ -166,17 +162,17 @@ async fn exec_cli_runs_through_the_relay_and_exits_with_the_remote_status() {
     // Without -i the command's stdin is empty at once; a signal exit is 128+n.
     let mut child = cli(&gw, &["demo", "--", "sh"]).spawn().unwrap();
     let relay_id = next_relay(&mut session, &mut buf).await;
-    let mut c = connect(&gw).await;
-    let dial = c
-        .send_request(request(
+    let mut shim = upgraded(
+        send(
+            &gw,
             Method::POST,
             &format!("/v1/sandboxes/{id}/relays/{relay_id}"),
             &token,
             Some("palisade-relay"),
-        ))
-        .await
-        .unwrap();
-    let mut shim = TokioIo::new(hyper::upgrade::on(dial).await.unwrap());
+        )
+        .await,
+    )
+    .await;
     assert!(matches!(next_frame(&mut shim).await, Frame::Open(_)));
     assert_eq!(next_frame(&mut shim).await, Frame::StdinEof);
     write_frame(

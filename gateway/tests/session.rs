@@ -379,31 +379,27 @@ async fn exec_relay_pairs_and_forwards_frames_with_limits() {
     let (id, token) = gw.sandbox_with_token(Some("web")).await;
 
     // No session yet: 409 sandbox_not_connected.
-    let mut c = connect(&gw).await;
-    let resp = c
-        .send_request(request(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/exec"),
-            ADMIN_TOKEN,
-            Some("palisade-exec"),
-        ))
-        .await
-        .unwrap();
+    let resp = send(
+        &gw,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/exec"),
+        ADMIN_TOKEN,
+        Some("palisade-exec"),
+    )
+    .await;
     assert_eq!(resp.status(), 409);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("sandbox_not_connected"));
 
     // A sandbox principal may never exec, not even in itself.
-    let mut c = connect(&gw).await;
-    let resp = c
-        .send_request(request(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/exec"),
-            &token,
-            Some("palisade-exec"),
-        ))
-        .await
-        .unwrap();
+    let resp = send(
+        &gw,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/exec"),
+        &token,
+        Some("palisade-exec"),
+    )
+    .await;
     assert_eq!(resp.status(), 403);
 
     let mut s = Session::start(&gw, &id, &token).await;
@@ -428,16 +424,14 @@ async fn exec_relay_pairs_and_forwards_frames_with_limits() {
 
     // ...another sandbox cannot take it (same 404 as a missing sandbox)...
     let (other, other_token) = gw.sandbox_with_token(Some("web")).await;
-    let mut c = connect(&gw).await;
-    let foreign = c
-        .send_request(request(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/relays/{relay_id}"),
-            &other_token,
-            Some("palisade-relay"),
-        ))
-        .await
-        .unwrap();
+    let foreign = send(
+        &gw,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/relays/{relay_id}"),
+        &other_token,
+        Some("palisade-relay"),
+    )
+    .await;
     assert_eq!(foreign.status(), 404);
     let foreign = foreign.into_body().collect().await.unwrap().to_bytes();
     let missing = gw
@@ -451,31 +445,28 @@ async fn exec_relay_pairs_and_forwards_frames_with_limits() {
         .await
         .unwrap();
     assert_eq!(foreign, missing.body);
-    let mut c = connect(&gw).await;
-    let wrong_relay = c
-        .send_request(request(
-            Method::POST,
-            &format!("/v1/sandboxes/{other}/relays/{relay_id}"),
-            &other_token,
-            Some("palisade-relay"),
-        ))
-        .await
-        .unwrap();
+    let wrong_relay = send(
+        &gw,
+        Method::POST,
+        &format!("/v1/sandboxes/{other}/relays/{relay_id}"),
+        &other_token,
+        Some("palisade-relay"),
+    )
+    .await;
     assert_eq!(wrong_relay.status(), 404);
 
     // ...the sandbox dials back and both sides are upgraded.
-    let mut c = connect(&gw).await;
-    let dial = c
-        .send_request(request(
+    let mut sandbox_io = upgraded(
+        send(
+            &gw,
             Method::POST,
             &format!("/v1/sandboxes/{id}/relays/{relay_id}"),
             &token,
             Some("palisade-relay"),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(dial.status(), 101);
-    let mut sandbox_io = TokioIo::new(hyper::upgrade::on(dial).await.unwrap());
+        )
+        .await,
+    )
+    .await;
     let exec_resp = tokio::time::timeout(PATIENCE, exec).await.unwrap().unwrap();
     assert_eq!(exec_resp.status(), 101);
     assert_eq!(
@@ -485,16 +476,14 @@ async fn exec_relay_pairs_and_forwards_frames_with_limits() {
     let mut client_io = TokioIo::new(hyper::upgrade::on(exec_resp).await.unwrap());
 
     // At the limit (1): a second exec gets 429 while this one is open.
-    let mut c = connect(&gw).await;
-    let second = c
-        .send_request(request(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/exec"),
-            ADMIN_TOKEN,
-            Some("palisade-exec"),
-        ))
-        .await
-        .unwrap();
+    let second = send(
+        &gw,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/exec"),
+        ADMIN_TOKEN,
+        Some("palisade-exec"),
+    )
+    .await;
     assert_eq!(second.status(), 429);
 
     // Frames both ways.

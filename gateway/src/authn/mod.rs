@@ -318,7 +318,9 @@ pub fn layer(state: Arc<AppState>) -> impl Layer<HttpService, Service = HttpServ
     crate::http::from_fn(move |mut req: Request, next: Next| {
         let state = state.clone();
         async move {
-            let token_issue = crate::routes::match_route(req.method(), req.uri().path())
+            let token_issue = crate::routes::route_of(&mut req)
+                .as_ref()
+                .as_ref()
                 .is_ok_and(|m| m.route.id == RouteId::TokenIssue);
             match authenticate(&state, req.headers(), token_issue).await {
                 Ok((principal, binding)) => {

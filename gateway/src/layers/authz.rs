@@ -5,13 +5,13 @@ use tower::Layer;
 
 use crate::http::{ApiError, HttpService, Next, Request, from_fn};
 use crate::principal::Principal;
-use crate::routes::{authorize, match_route};
+use crate::routes::{authorize, route_of};
 
 pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
     from_fn(|mut req: Request, next: Next| async move {
-        let matched = match match_route(req.method(), req.uri().path()) {
-            Ok(m) => m,
-            Err(e) => return e.into_response(),
+        let matched = match &*route_of(&mut req) {
+            Ok(m) => m.clone(),
+            Err(e) => return e.clone().into_response(),
         };
         let Some(principal) = req.extensions().get::<Principal>() else {
             // The stack is built wrong if this happens; fail closed.

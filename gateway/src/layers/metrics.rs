@@ -8,12 +8,13 @@ use crate::http::{HttpService, Next, Request, from_fn};
 use crate::metrics::{Metrics, status_class};
 
 pub fn layer(metrics: Metrics) -> impl Layer<HttpService, Service = HttpService> + Clone {
-    from_fn(move |req: Request, next: Next| {
+    from_fn(move |mut req: Request, next: Next| {
         let metrics = metrics.clone();
         async move {
-            let route = crate::routes::match_route(req.method(), req.uri().path())
-                .map(|m| m.route.id.as_str())
-                .unwrap_or("unmatched");
+            let route = crate::routes::route_of(&mut req)
+                .as_ref()
+                .as_ref()
+                .map_or("unmatched", |m| m.route.id.as_str());
             let start = Instant::now();
             let resp = next.run(req).await;
             metrics

@@ -195,11 +195,9 @@ pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        let matched = crate::routes::match_route(req.method(), req.uri().path()).ok();
-        let route = matched
-            .as_ref()
-            .map(|m| m.route.id.as_str())
-            .unwrap_or("unmatched");
+        let matched = crate::routes::route_of(&mut req);
+        let matched = matched.as_ref().as_ref().ok();
+        let route = matched.map_or("unmatched", |m| m.route.id.as_str());
         let span = tracing::info_span!(
             target: SPAN_TARGET,
             SPAN_NAME,
@@ -211,7 +209,7 @@ pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
             http.route = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
         );
-        if let Some(m) = &matched {
+        if let Some(m) = matched {
             span.record("http.route", m.route.path);
         }
         let mut trace = TraceContext::from_headers(req.headers());

@@ -77,37 +77,14 @@ fn error(code: u16, reason: &str, message: &str) -> Response<Full<Bytes>> {
 
 impl FakeApiServer {
     pub async fn start() -> FakeApiServer {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let server_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let server_cert = params.signed_by(&server_key, &issuer).unwrap();
-
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server_cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
-        )
-        .unwrap();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let (tls, ca_pem) = crate::support::localhost_tls(&[b"h2", b"http/1.1"]);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = FakeApiServer {
             addr,
-            ca_pem: ca_cert.pem(),
+            ca_pem,
             inner: Arc::new(Mutex::new(Inner {
                 mode: Mode::Normal,
                 reviews: HashMap::new(),

@@ -208,6 +208,29 @@ pub fn request(
     b.body(http_body_util::Empty::new()).unwrap()
 }
 
+/// `request(...)` sent on a fresh connection: the response.
+pub async fn send(
+    gw: &Gw,
+    method: Method,
+    path: &str,
+    token: &str,
+    upgrade: Option<&str>,
+) -> http::Response<hyper::body::Incoming> {
+    connect(gw)
+        .await
+        .send_request(request(method, path, token, upgrade))
+        .await
+        .unwrap()
+}
+
+/// The upgraded connection of a `101 Switching Protocols` answer (asserts the 101).
+pub async fn upgraded(
+    resp: http::Response<hyper::body::Incoming>,
+) -> hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+    assert_eq!(resp.status(), 101);
+    hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap())
+}
+
 /// The next exec frame on an upgraded connection (60 s bound against hangs only).
 pub async fn next_frame(
     io: &mut hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
@@ -220,4 +243,33 @@ pub async fn next_frame(
     .unwrap()
     .unwrap()
     .unwrap()
+}
+
+/// A fresh test CA and a server config for `localhost` / 127.0.0.1 signed by it, with
+/// `alpn` offered: (config, the CA certificate as PEM for the client to trust).
+pub fn localhost_tls(alpn: &[&[u8]]) -> (rustls::ServerConfig, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&server_key, &issuer).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (tls, ca_cert.pem())
 }
