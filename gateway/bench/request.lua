@@ -8,6 +8,29 @@ if wrk.method == "POST" then
   wrk.headers["Content-Length"] = "0"
 end
 
+-- BENCH_CHAIN=1 (token:refresh): present each token once, as a sidecar
+-- does: every request uses a token a previous response returned, not the
+-- same token over and over.
+if os.getenv("BENCH_CHAIN") == "1" then
+  local fresh = {}
+  local fallback = os.getenv("BENCH_TOKEN") or ""
+
+  function request()
+    -- Only each connection's first request (and any sent before an
+    -- answer came back) falls back to the newest token seen.
+    local token = table.remove(fresh) or fallback
+    return wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. token }, "")
+  end
+
+  function response(status, headers, body)
+    local token = body:match('"token"%s*:%s*"([^"]+)"')
+    if token then
+      table.insert(fresh, token)
+      fallback = token
+    end
+  end
+end
+
 -- One JSON line (prefixed BENCH_JSON) that run.sh collects.
 function done(summary, latency, requests)
   local e = summary.errors

@@ -4,7 +4,8 @@
 #   gateway/bench/run.sh            # or: just bench-gateway
 #
 # Builds the release `palisade`, serves it on 127.0.0.1 only, and measures
-#   * POST /v1/token:refresh           (sandbox JWT)              — wrk
+#   * POST /v1/token:refresh           (sandbox JWT; each token a response returns
+#                                       is presented once, as a sidecar does) — wrk
 #   * GET  /v1/sandboxes/{id}/policy   (sandbox JWT, the sidecar's call) — wrk
 #   * GET  /v1/policies/{name}         (admin token)               — wrk
 #   * POST /v1/token:issue             (one-shot bootstrap tokens) — bench/issue.py
@@ -118,7 +119,7 @@ for line in sys.stdin:
 
 : >"$WORK/results.jsonl"
 echo "wrk: ${DURATION}s, $CONNECTIONS connections, gateway on CPU(s) $GATEWAY_CPUS, wrk on CPU(s) $WRK_CPUS" >&2
-run_wrk token_refresh POST /v1/token:refresh "$JWT"
+BENCH_CHAIN=1 run_wrk token_refresh POST /v1/token:refresh "$JWT"
 run_wrk sandbox_policy_get GET "/v1/sandboxes/$SANDBOX_ID/policy" "$JWT"
 run_wrk policy_get_admin GET /v1/policies/bench "$ADMIN_TOKEN"
 

@@ -6,6 +6,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -13,8 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError};
 use palisade_api::ErrorBody;
 use serde::Serialize;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, Service};
 
 /// Error type of request bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -25,8 +26,35 @@ pub type Request = http::Request<Body>;
 /// session stream is the one streaming answer.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub type Response = http::Response<ResponseBody>;
-/// The type every layer wraps and produces.
-pub type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
+/// The type every layer wraps and produces: a shared async function of the
+/// request. Cloning it is one reference count; a boxed tower service
+/// (`BoxCloneSyncService`) would clone every layer below it, and each layer
+/// clones the rest of the stack for every request it passes on.
+#[derive(Clone)]
+pub struct HttpService(Arc<dyn Fn(Request) -> ResponseFuture + Send + Sync>);
+
+impl std::fmt::Debug for HttpService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpService")
+    }
+}
+
+/// A tower service like any other (always ready; the concurrency layer
+/// sheds load itself rather than through back-pressure).
+impl Service<Request> for HttpService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let fut = (self.0)(req);
+        Box::pin(async move { Ok(fut.await) })
+    }
+}
 
 /// The rest of the stack below a middleware.
 #[derive(Clone, Debug)]
@@ -40,16 +68,8 @@ impl Next {
         Self(service)
     }
 
-    pub fn run(mut self, req: Request) -> ResponseFuture {
-        Box::pin(async move {
-            if let Err(never) = std::future::poll_fn(|cx| self.0.poll_ready(cx)).await {
-                match never {}
-            }
-            match self.0.call(req).await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            }
-        })
+    pub fn run(self, req: Request) -> ResponseFuture {
+        (self.0.0)(req)
     }
 }
 
@@ -75,9 +95,8 @@ where
 
     fn layer(&self, inner: HttpService) -> HttpService {
         let f = self.0.clone();
-        BoxCloneSyncService::new(service_fn(move |req: Request| {
-            let fut = f(req, Next(inner.clone()));
-            async move { Ok::<_, Infallible>(fut.await) }
+        HttpService(Arc::new(move |req: Request| -> ResponseFuture {
+            Box::pin(f(req, Next(inner.clone())))
         }))
     }
 }
@@ -88,9 +107,8 @@ where
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
-    BoxCloneSyncService::new(service_fn(move |req: Request| {
-        let fut = f(req);
-        async move { Ok::<_, Infallible>(fut.await) }
+    HttpService(Arc::new(move |req: Request| -> ResponseFuture {
+        Box::pin(f(req))
     }))
 }
 

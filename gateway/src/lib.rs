@@ -35,3 +35,10 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod tokens;
+
+/// A random (version 4) UUID from the thread-local CSPRNG. Request ids and
+/// `jti`s are made for every request; `Uuid::new_v4` would make a
+/// `getrandom` system call for each.
+pub fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}

@@ -18,7 +18,7 @@ impl SandboxId {
 
     /// A fresh random identifier.
     pub fn generate() -> Self {
-        Self(format!("{}{}", Self::PREFIX, uuid::Uuid::new_v4().simple()))
+        Self(format!("{}{}", Self::PREFIX, crate::random_uuid().simple()))
     }
 
     /// Parse an identifier from a path segment or a token claim.

@@ -7,15 +7,24 @@
 //! carries it forward; bootstrap-token descendants never have it). Verification refuses
 //! every other `alg` before looking at a key, and allows at most
 //! [`MAX_LEEWAY_SECS`] of clock skew.
-//! Must never: accept `alg: none`, HMAC or RSA; log a token.
+//!
+//! Tokens this process minted or already verified are remembered by the
+//! SHA-256 of their exact bytes (a bounded LRU). Presenting one again skips
+//! only the Ed25519 signature check, which those bytes have already passed or
+//! were made by: the signing key must still be known and every claim check
+//! (`exp`, `nbf`, `iss`, `aud`, …) runs again on each use.
+//! Must never: accept `alg: none`, HMAC or RSA; log a token; remember a token
+//! that failed any check.
 
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_api::{SANDBOX_TOKEN_AUDIENCE, SANDBOX_TOKEN_TYP, WORKLOAD_TOKEN_TYP};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::keys::{KeyEntry, KeyError, KeySet};
 use crate::principal::SandboxId;
@@ -24,6 +33,9 @@ use crate::principal::SandboxId;
 pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const MAX_LEEWAY_SECS: u64 = 60;
+/// Sandbox tokens remembered as signature-checked (≈ 400 bytes each): a few
+/// current tokens per sandbox for thousands of sandboxes.
+pub const VERIFIED_TOKENS: usize = 16_384;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxClaims {
@@ -132,15 +144,81 @@ pub struct TokenService {
     issuer: String,
     ttl_secs: u64,
     leeway_secs: u64,
+    verified: Arc<VerifiedTokens>,
+}
+
+/// A signature-checked token: the key that signed it and its claims.
+#[derive(Debug)]
+struct Checked {
+    kid: String,
+    claims: SandboxClaims,
+}
+
+/// SHA-256 of a token's bytes → the token, for tokens whose signature this
+/// process made or checked. Only [`TokenService::verify`] successes and
+/// [`TokenService::mint_bound`] results go in, so a flood of bad tokens
+/// cannot evict good ones.
+struct VerifiedTokens {
+    lru: Mutex<lru::LruCache<[u8; 32], Arc<Checked>>>,
+    /// Signature checks done / skipped, for tests.
+    #[cfg(test)]
+    counts: Mutex<(u64, u64)>,
+}
+
+impl std::fmt::Debug for VerifiedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedTokens").finish_non_exhaustive()
+    }
+}
+
+impl VerifiedTokens {
+    fn new(capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            lru: Mutex::new(lru::LruCache::new(capacity)),
+            #[cfg(test)]
+            counts: Mutex::new((0, 0)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<[u8; 32], Arc<Checked>>> {
+        // The map holds no invariant a panicking holder could break.
+        self.lru
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, digest: &[u8; 32]) -> Option<Arc<Checked>> {
+        self.lock().get(digest).cloned()
+    }
+
+    fn put(&self, digest: [u8; 32], checked: Checked) {
+        self.lock().put(digest, Arc::new(checked));
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl TokenService {
     pub fn new(keys: Arc<KeySet>, issuer: String, ttl_secs: u64, leeway_secs: u64) -> Self {
+        Self::with_verified_capacity(keys, issuer, ttl_secs, leeway_secs, VERIFIED_TOKENS)
+    }
+
+    fn with_verified_capacity(
+        keys: Arc<KeySet>,
+        issuer: String,
+        ttl_secs: u64,
+        leeway_secs: u64,
+        capacity: usize,
+    ) -> Self {
         Self {
             keys,
             issuer,
             ttl_secs,
             leeway_secs: leeway_secs.min(MAX_LEEWAY_SECS),
+            verified: Arc::new(VerifiedTokens::new(capacity)),
         }
     }
 
@@ -172,10 +250,17 @@ impl TokenService {
             iat: now,
             nbf: now,
             exp: now + self.ttl_secs,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: crate::random_uuid().to_string(),
             pod_uid,
         };
         let (token, kid) = self.sign(&claims)?;
+        self.verified.put(
+            digest(&token),
+            Checked {
+                kid: kid.clone(),
+                claims: claims.clone(),
+            },
+        );
         Ok(Minted { token, claims, kid })
     }
 
@@ -194,7 +279,7 @@ impl TokenService {
             iat: now,
             nbf: now,
             exp: now + WORKLOAD_TOKEN_TTL_SECS,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: crate::random_uuid().to_string(),
         };
         let key = self.keys.active();
         let token = sign_with(&key, WORKLOAD_TOKEN_TYP, &claims)?;
@@ -221,9 +306,43 @@ impl TokenService {
     /// Order of checks (each refusal has its own [`TokenError`]): size, shape,
     /// `alg` (EdDSA only, before any key is looked at), `typ`, `kid`, the
     /// key, the signature, then the claims: `exp`, `nbf`, `iss`, exact `aud`,
-    /// `iat`, `sandbox_id`/`sub`, `jti`.
+    /// `iat`, `sandbox_id`/`sub`, `jti`. A token whose exact bytes were minted
+    /// or verified here before skips the header and signature checks (they
+    /// cannot give another answer), but its key must still be known.
     pub fn verify(&self, token: &str, now: u64) -> Result<(SandboxId, SandboxClaims), TokenError> {
-        let claims: SandboxClaims = self.verify_with(token, now)?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let digest = digest(token);
+        if let Some(checked) = self.verified.get(&digest) {
+            #[cfg(test)]
+            {
+                self.verified.counts.lock().unwrap().1 += 1;
+            }
+            self.keys
+                .get(&checked.kid, now)
+                .ok_or(TokenError::UnknownKid)?;
+            let id = self.check_claims(&checked.claims, now)?;
+            return Ok((id, checked.claims.clone()));
+        }
+        #[cfg(test)]
+        {
+            self.verified.counts.lock().unwrap().0 += 1;
+        }
+        let (claims, kid): (SandboxClaims, String) = self.verify_with(token, now)?;
+        let id = self.check_claims(&claims, now)?;
+        self.verified.put(
+            digest,
+            Checked {
+                kid,
+                claims: claims.clone(),
+            },
+        );
+        Ok((id, claims))
+    }
+
+    /// The claim checks of [`Self::verify`], in its order.
+    fn check_claims(&self, claims: &SandboxClaims, now: u64) -> Result<SandboxId, TokenError> {
         let leeway = self.leeway_secs;
         if claims.exp.saturating_add(leeway) <= now {
             return Err(TokenError::Expired);
@@ -247,15 +366,17 @@ impl TokenService {
         {
             return Err(TokenError::InvalidClaims);
         }
-        Ok((id, claims))
+        Ok(id)
     }
 
     /// Header and signature checks of a sandbox JWT, then its claims parsed
-    /// as `T` (a missing or mistyped claim is [`TokenError::InvalidClaims`]).
-    fn verify_with<T: DeserializeOwned>(&self, token: &str, now: u64) -> Result<T, TokenError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenError::TooLarge);
-        }
+    /// as `T` (a missing or mistyped claim is [`TokenError::InvalidClaims`])
+    /// and the signing kid.
+    fn verify_with<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(T, String), TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -293,7 +414,8 @@ impl TokenService {
         let payload = URL_SAFE_NO_PAD
             .decode(p)
             .map_err(|_| TokenError::Malformed)?;
-        serde_json::from_slice(&payload).map_err(|_| TokenError::InvalidClaims)
+        let claims = serde_json::from_slice(&payload).map_err(|_| TokenError::InvalidClaims)?;
+        Ok((claims, kid))
     }
 }
 
@@ -348,6 +470,83 @@ mod tests {
         let keys =
             Arc::new(KeySet::load_or_create(&dir.path().join("keys"), store, 960, 1000).unwrap());
         (dir, TokenService::new(keys, ISS.into(), 900, 60))
+    }
+
+    impl TokenService {
+        /// (signature checks done, signature checks skipped) so far.
+        fn signature_checks(&self) -> (u64, u64) {
+            *self.verified.counts.lock().unwrap()
+        }
+    }
+
+    #[test]
+    fn remembered_tokens_skip_only_the_signature_check() {
+        let (_dir, svc) = service();
+        let id = SandboxId::generate();
+        let minted = svc.mint(&id, 1000).unwrap();
+        // Minted here: no signature check, but every claim check, each time.
+        assert_eq!(svc.verify(&minted.token, 1000).unwrap().1, minted.claims);
+        assert_eq!(svc.signature_checks(), (0, 1));
+        assert_eq!(
+            svc.verify(&minted.token, 1000 + 900 + 60).err(),
+            Some(TokenError::Expired)
+        );
+        assert_eq!(
+            svc.verify(&minted.token, 1000 - 61).err(),
+            Some(TokenError::NotYetValid)
+        );
+        assert_eq!(svc.signature_checks(), (0, 3));
+        // Not minted here: checked once, then remembered.
+        let other = SandboxClaims {
+            jti: "another-jti".into(),
+            ..minted.claims.clone()
+        };
+        let (theirs, _) = svc.sign(&other).unwrap();
+        assert_eq!(svc.verify(&theirs, 1000).unwrap().1, other);
+        assert_eq!(svc.verify(&theirs, 1000).unwrap().1, other);
+        assert_eq!(svc.signature_checks(), (1, 4));
+        // One changed signature byte is another token: checked, refused.
+        let mut tampered = minted.token.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(
+            svc.verify(&tampered, 1000).err(),
+            Some(TokenError::BadSignature)
+        );
+        // A refused token is never remembered, even a well-signed one.
+        let expired = SandboxClaims {
+            exp: 10,
+            ..other.clone()
+        };
+        let (expired, _) = svc.sign(&expired).unwrap();
+        for _ in 0..2 {
+            assert_eq!(svc.verify(&expired, 1000).err(), Some(TokenError::Expired));
+        }
+        assert_eq!(svc.signature_checks(), (4, 4));
+        // A remembered token whose key was retired out is refused.
+        svc.keys().rotate(1010).unwrap();
+        assert!(svc.verify(&minted.token, 1020).is_ok());
+        assert_eq!(
+            svc.verify(&minted.token, 1970).err(),
+            Some(TokenError::UnknownKid)
+        );
+        assert_eq!(svc.signature_checks(), (4, 6));
+    }
+
+    #[test]
+    fn remembered_tokens_are_bounded() {
+        let (dir, svc) = service();
+        let svc = TokenService::with_verified_capacity(svc.keys().clone(), ISS.into(), 900, 60, 2);
+        let tokens: Vec<String> = (0..3)
+            .map(|_| svc.mint(&SandboxId::generate(), 1000).unwrap().token)
+            .collect();
+        // The oldest of three fell out of a two-token memory: checked again.
+        for t in tokens.iter().rev() {
+            assert!(svc.verify(t, 1000).is_ok());
+        }
+        assert_eq!(svc.signature_checks(), (1, 2));
+        drop(dir);
     }
 
     #[test]

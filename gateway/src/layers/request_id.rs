@@ -26,7 +26,7 @@ pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
             .and_then(|v| v.to_str().ok())
             .filter(|v| acceptable(v))
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| crate::random_uuid().to_string());
         req.extensions_mut().insert(RequestId(id.clone()));
         let mut resp = next.run(req).await;
         if let Ok(v) = HeaderValue::from_str(&id) {
