@@ -2,11 +2,16 @@
 
 use std::path::PathBuf;
 
-/// Directories that may hold the built binaries, best first: the profile dir the running
-/// test binary lives in (`target/<profile>/deps/<test>` → `target/<profile>`), then
+/// Directories that may hold the built binaries, best first: `$PALISADE_E2E_BIN_DIR` when
+/// set (to run the suite against other builds, e.g. an older revision's, to show a
+/// regression test fails there), the profile dir the running test binary lives in
+/// (`target/<profile>/deps/<test>` → `target/<profile>`), then
 /// `$CARGO_TARGET_DIR/{debug,release}`.
 pub fn candidate_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("PALISADE_E2E_BIN_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
     if let Ok(exe) = std::env::current_exe()
         && let Some(deps) = exe.parent()
     {

@@ -14,6 +14,8 @@
 //! * [`servers`] — [`Nginx`] (HTTP 80 / HTTPS 443, test CA, JSON access log),
 //!   [`Dnsmasq`] (test names → internet addresses, pod resolv.conf), [`TcpEcho`],
 //!   [`UdpSink`] (records every datagram), [`OrigDstListener`] (reports `SO_ORIGINAL_DST`).
+//! * [`attack`] — [`attack::escape`] (socket tricks of a capability-less agent) and
+//!   [`attack::PacketCapture`] (tcpdump on the outside: what really left the pod).
 //! * [`bins`] — [`workspace_bin`]: path of a built workspace binary (`palisade-sidecar`, …).
 //! * [`chain`] — the real gateway in the internet namespace ([`chain::Gateway`], admin API
 //!   via curl), the agent's curl and the sidecar's metrics, for full-chain tests.
@@ -24,6 +26,7 @@
 //!
 //! Worked examples: `e2e/tests/fence.rs`.
 
+pub mod attack;
 pub mod bins;
 pub mod chain;
 pub mod netns;

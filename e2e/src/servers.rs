@@ -19,6 +19,8 @@ const ECHO_PY: &str = include_str!("scripts/echo.py");
 const UDP_SINK_PY: &str = include_str!("scripts/udp_sink.py");
 const ORIGDST_PY: &str = include_str!("scripts/origdst.py");
 const PROBE_PY: &str = include_str!("scripts/probe.py");
+const HTTP_SINK_PY: &str = include_str!("scripts/http_sink.py");
+const RAW_HTTP_PY: &str = include_str!("scripts/raw_http.py");
 
 /// Write one of the bundled python scripts into `ns`'s work dir (0644) and return its path.
 pub fn script(ns: &Netns, name: &str) -> anyhow::Result<PathBuf> {
@@ -27,6 +29,8 @@ pub fn script(ns: &Netns, name: &str) -> anyhow::Result<PathBuf> {
         "udp_sink.py" => UDP_SINK_PY,
         "origdst.py" => ORIGDST_PY,
         "probe.py" => PROBE_PY,
+        "http_sink.py" => HTTP_SINK_PY,
+        "raw_http.py" => RAW_HTTP_PY,
         other => bail!("no bundled script {other}"),
     };
     let path = ns.workdir().join(name);
@@ -96,6 +100,75 @@ impl UdpSink {
             .filter(|v| v.get("from").is_some())
             .collect()
     }
+}
+
+/// An HTTP/1 upstream (plain on one port, TLS with a [`TestPki`] certificate on another,
+/// every address) that reports exactly what reached it — request lines, headers, whether
+/// each body was complete — and WOULD switch protocols on any `Upgrade` (101, then the
+/// HTTP/2 preface for h2c). See `scripts/http_sink.py`.
+#[derive(Debug)]
+pub struct HttpSink {
+    /// The server process (killed on drop).
+    pub proc: Proc,
+}
+
+impl HttpSink {
+    /// Start in `ns` as root; `tls_port` 0 = plain only.
+    pub fn start(
+        ns: &Netns,
+        plain_port: u16,
+        tls_port: u16,
+        pki: &TestPki,
+    ) -> anyhow::Result<HttpSink> {
+        let args = [
+            plain_port.to_string(),
+            tls_port.to_string(),
+            pki.server_cert.display().to_string(),
+            pki.server_key.display().to_string(),
+        ];
+        let proc = spawn_python(ns, None, "http_sink.py", &args)?;
+        wait_for_tcp_listen(ns, plain_port, START_TIMEOUT)
+            .and_then(|()| {
+                if tls_port == 0 {
+                    Ok(())
+                } else {
+                    wait_for_tcp_listen(ns, tls_port, START_TIMEOUT)
+                }
+            })
+            .with_context(|| format!("http sink: {}", proc.describe()))?;
+        Ok(HttpSink { proc })
+    }
+
+    /// Every event so far (`request`, `body`, `switched`, `closed`; see the script).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.proc.stdout())
+            .into_iter()
+            .filter(|v| v.get("event").is_some())
+            .collect()
+    }
+
+    /// The `request` events: `{"conn", "port", "line", "headers": {lower-case name: value}}`.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.events()
+            .into_iter()
+            .filter(|v| v["event"] == "request")
+            .collect()
+    }
+}
+
+/// Run the bundled raw HTTP client (`scripts/raw_http.py`) in `ns` as `uid` with `spec` (see
+/// the script: host, port, via, tls, payload, chunks, shutdown); returns its JSON result
+/// (`status`, `data`, `how`, `error`). Panics if it printed no JSON.
+pub fn raw_http(ns: &Netns, uid: u32, spec: &serde_json::Value) -> serde_json::Value {
+    let path = script(ns, "raw_http.py").unwrap_or_else(|e| panic!("raw_http script: {e:#}"));
+    let argv = [
+        PYTHON.to_string(),
+        path.display().to_string(),
+        spec.to_string(),
+    ];
+    let out = run_in(ns, as_uid(uid, uid, &argv));
+    let line = out.stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("raw_http printed no JSON ({e}): {out}"))
 }
 
 /// A TCP listener (0.0.0.0 and [::], run as `uid`) that reports each connection's

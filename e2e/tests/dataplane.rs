@@ -379,6 +379,27 @@ fn plain_http_allowed_denied_and_per_request(backend: &str) {
         "{out}"
     );
 
+    // A `Connection` token naming Host cannot take the Host away from the upstream (nginx
+    // answers an HTTP/1.1 request without Host with 400).
+    let out = env.curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Connection: Host",
+        "http://allowed.test/conn-host",
+    ]);
+    assert_eq!(curl_status(&out), "200", "{out}\n{}", env.logs());
+    let seen = env.nginx.requests();
+    let r = seen
+        .iter()
+        .find(|q| q["uri"] == "/conn-host")
+        .unwrap_or_else(|| panic!("nginx never saw /conn-host: {seen:?}"));
+    assert_eq!(
+        (&r["host"], &r["status"]),
+        (&"allowed.test".into(), &200.into()),
+        "{r}"
+    );
+
     let out = env.curl(&[
         "-w",
         "\n%{http_code}",
@@ -431,7 +452,7 @@ fn plain_http_allowed_denied_and_per_request(backend: &str) {
             &text,
             r#"palisade_sidecar_http_requests_total{decision="allow",rule="allowed"}"#
         ),
-        3.0
+        4.0
     );
     assert_eq!(
         metric(

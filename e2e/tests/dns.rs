@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use palisade_e2e::attack::{PacketCapture, dns_smuggle};
 use palisade_e2e::*;
 
 const DNS_PORT: &str = "15053";
@@ -225,5 +226,83 @@ fn with_capture_rules_port_53_goes_through_the_policy() {
             &m,
             "palisade_sidecar_dns_queries_total{decision=\"deny\",transport=\"tcp\"}"
         ) >= 1
+    );
+}
+
+/// Review item: a query with one allowed question was forwarded byte for byte, records in
+/// its answer/authority/additional sections and bytes after the message included — a data
+/// channel to the resolver under names the policy denies. Judged on the outside: a capture
+/// of the internet side of the veth (payload bytes) and dnsmasq's query log.
+#[test]
+fn only_the_question_reaches_the_resolver() {
+    require!("dnsmasq", "curl", "tcpdump");
+    let pod = start_pod();
+    let mut capture = PacketCapture::start(&pod.topo.internet, "eth0").unwrap();
+    let mut marks = Vec::new();
+    for (tcp, transport) in [(false, "udp"), (true, "tcp")] {
+        let ask = |mode: &str, mark: &str| {
+            dns_smuggle(
+                &pod.topo.pod,
+                AGENT_UID,
+                ("127.0.0.1", 15053),
+                "allowed.test",
+                mode,
+                mark,
+                tcp,
+            )
+        };
+        // Control: the clean query is answered (and reaches dnsmasq).
+        let r = ask("clean", "x");
+        assert!(r.rcode == Some(0) && r.answers >= 1, "{transport}: {r:?}");
+        for mode in ["answer", "authority", "additional", "trailing"] {
+            let mark = format!("smuggled{mode}{transport}");
+            let r = ask(mode, &mark);
+            assert_eq!(
+                r.rcode,
+                Some(1),
+                "{mode} over {transport}: want FORMERR: {r:?}"
+            );
+            marks.push(mark);
+        }
+        // EDNS options are dropped, the query itself is answered.
+        let mark = format!("smuggledoption{transport}");
+        let r = ask("edns-option", &mark);
+        assert!(
+            r.rcode == Some(0) && r.answers >= 1,
+            "option over {transport}: {r:?}"
+        );
+        marks.push(mark);
+    }
+    for mark in &marks {
+        assert!(!capture.carried(mark), "{mark} left the pod");
+    }
+    assert!(
+        capture.carried("allowed"),
+        "control: the allowed questions are visible"
+    );
+    let log = pod.dnsmasq.queries();
+    assert!(
+        !log.contains("denied.test") && !log.contains("smuggled"),
+        "{log}"
+    );
+    assert!(log.contains("allowed.test"), "{log}");
+    let m = metrics(&pod);
+    assert_eq!(
+        counter(
+            &m,
+            "palisade_sidecar_dns_bad_queries_total{kind=\"records\"}"
+        ),
+        6
+    );
+    assert_eq!(
+        counter(
+            &m,
+            "palisade_sidecar_dns_bad_queries_total{kind=\"trailing\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        counter(&m, "palisade_sidecar_dns_edns_options_stripped_total"),
+        2
     );
 }

@@ -103,8 +103,14 @@ impl Env {
         set_mode(&gwdir, 0o700).unwrap();
         let gateway = Gateway::start_with(&topo, &gwdir, START, GATEWAY_FLAGS).unwrap();
 
-        // Secret, policy, sandbox — through the API.
-        let secret = serde_json::json!({"data": {"token": SECRET}}).to_string();
+        // Secret, policy, sandbox — through the API. The secret's allowance: the
+        // cluster-wide policy `chain`, sent only to allowed.test:443 (its `api` rule).
+        let secret = serde_json::json!({
+            "data": {"token": SECRET},
+            "allowedPolicies": ["chain"],
+            "allowedHosts": ["allowed.test:443"],
+        })
+        .to_string();
         let (code, body) = gateway.api(&topo, "PUT", "/v1/secrets/api-token", Some(&secret));
         assert!((200..300).contains(&code), "PUT secret: {code} {body}");
         assert!(

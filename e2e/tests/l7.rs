@@ -11,12 +11,16 @@ use std::time::Duration;
 
 use palisade_e2e::bins::sidecar_argv;
 use palisade_e2e::process::as_sidecar;
+use palisade_e2e::servers::{HttpSink, raw_http};
 use palisade_e2e::*;
 
 const START: Duration = Duration::from_secs(30);
 const RELOAD: Duration = Duration::from_secs(30);
 /// The credential value (token68). Only in the 0600 file of UID 1337 and nginx's log.
 const SECRET: &str = "s3cr3t-T0ken.for_e2e~only";
+/// Ports of the HTTP sink ([`HttpSink`]) in the internet namespace.
+const SINK_PLAIN: u16 = 8080;
+const SINK_TLS: u16 = 8444;
 
 fn policy(mode: &str) -> String {
     format!(
@@ -66,6 +70,33 @@ spec:
     - name: plain
       hosts: [allowed.test]
       ports: [80]
+      allowedCidrs: ["fd00::/8"]
+    # The HTTP sink (scripts/http_sink.py): plain HTTP with HTTP rules, TLS with HTTP rules
+    # and the credential, and plain HTTP without HTTP rules.
+    - name: sink
+      hosts: [allowed.test]
+      ports: [{SINK_PLAIN}]
+      allowedCidrs: ["fd00::/8"]
+      http:
+        allow:
+          - {{methods: [GET, HEAD], path: "/**"}}
+          - {{methods: [POST], path: "/upload/**"}}
+        deny:
+          - {{path: "/secret/**"}}
+    - name: sinktls
+      hosts: [allowed.test]
+      ports: [{SINK_TLS}]
+      allowedCidrs: ["fd00::/8"]
+      credential: token
+      http:
+        allow:
+          - {{methods: [GET, HEAD], path: "/**"}}
+          - {{methods: [POST], path: "/upload/**"}}
+        deny:
+          - {{path: "/secret/**"}}
+    - name: sinkopen
+      hosts: [other.test]
+      ports: [{SINK_PLAIN}]
       allowedCidrs: ["fd00::/8"]
 "#
     )
@@ -964,11 +995,471 @@ fn smuggling_probes_are_refused_before_the_upstream() {
     );
 }
 
-/// Load through the inspecting path (agent → sidecar TLS termination, HTTP rules,
-/// credential injection → verified TLS to nginx) versus the same load straight from the
-/// internet namespace to nginx. A benchmark, not a timed assertion: it prints the numbers
-/// and fails only if requests fail. Run with
-/// `cargo test -p palisade-e2e --test l7 -- --ignored --nocapture bench`.
+/// One way the agent's HTTP reaches the [`HttpSink`].
+#[derive(Clone, Copy, Debug)]
+struct Via {
+    name: &'static str,
+    /// `direct` (transparent capture), `proxy` (absolute form on 15080) or `connect`.
+    via: &'static str,
+    tls: bool,
+    host: &'static str,
+    port: u16,
+}
+
+const PLAIN: Via = Via {
+    name: "transparent-plain",
+    via: "direct",
+    tls: false,
+    host: "allowed.test",
+    port: SINK_PLAIN,
+};
+const ABSOLUTE: Via = Via {
+    name: "explicit-absolute",
+    via: "proxy",
+    tls: false,
+    host: "allowed.test",
+    port: SINK_PLAIN,
+};
+const CONNECT_PLAIN: Via = Via {
+    name: "connect-plain",
+    via: "connect",
+    tls: false,
+    host: "allowed.test",
+    port: SINK_PLAIN,
+};
+const INSPECTED: Via = Via {
+    name: "inspected-tls",
+    via: "direct",
+    tls: true,
+    host: "allowed.test",
+    port: SINK_TLS,
+};
+const CONNECT_TLS: Via = Via {
+    name: "connect-tls",
+    via: "connect",
+    tls: true,
+    host: "allowed.test",
+    port: SINK_TLS,
+};
+/// Plain HTTP to a rule without HTTP rules.
+const OPEN: Via = Via {
+    name: "transparent-open",
+    via: "direct",
+    tls: false,
+    host: "other.test",
+    port: SINK_PLAIN,
+};
+
+/// Escape bytes for raw_http.py (Python `unicode_escape`).
+fn py_escape(raw: &str) -> String {
+    raw.replace('\\', "\\\\")
+        .replace('\r', "\\r")
+        .replace('\n', "\\n")
+}
+
+impl Env {
+    fn sink(&self) -> HttpSink {
+        HttpSink::start(&self.topo.internet, SINK_PLAIN, SINK_TLS, &self.nginx.pki).unwrap()
+    }
+
+    /// `method path` with `headers` (CRLF-terminated lines) and `body` the way `via` sends
+    /// it (absolute form on the explicit proxy); `more` is sent after a pause, and
+    /// `shutdown` closes the write side.
+    fn send(
+        &self,
+        via: Via,
+        head: (&str, &str, &str),
+        body: &str,
+        more: &[&str],
+        shutdown: bool,
+    ) -> serde_json::Value {
+        let (method, path, headers) = head;
+        let authority = format!("{}:{}", via.host, via.port);
+        let target = if via.via == "proxy" {
+            format!("http://{authority}{path}")
+        } else {
+            path.to_string()
+        };
+        let payload =
+            format!("{method} {target} HTTP/1.1\r\nHost: {authority}\r\n{headers}\r\n{body}");
+        let mut spec = serde_json::json!({
+            "host": via.host,
+            "port": via.port,
+            "via": via.via,
+            "payload": py_escape(&payload),
+            "chunks": more.iter().map(|m| py_escape(m)).collect::<Vec<_>>(),
+            "pause": 1.0,
+            "shutdown": shutdown,
+        });
+        if via.tls {
+            spec["tls"] = self.bundle().into();
+        }
+        raw_http(&self.topo.pod, AGENT_UID, &spec)
+    }
+}
+
+/// The status code of a raw_http.py result.
+fn code(r: &serde_json::Value) -> String {
+    r["status"]
+        .as_str()
+        .unwrap_or_default()
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Request lines the sink received that contain `needle`.
+fn sink_lines(sink: &HttpSink, needle: &str) -> Vec<serde_json::Value> {
+    sink.requests()
+        .into_iter()
+        .filter(|r| r["line"].as_str().unwrap_or_default().contains(needle))
+        .collect()
+}
+
+#[test]
+fn h2c_upgrades_never_reach_the_upstream() {
+    if !prereq() {
+        return;
+    }
+    let env = Env::start("enforce");
+    let sink = env.sink();
+    let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n";
+    for via in [PLAIN, ABSOLUTE, CONNECT_PLAIN, INSPECTED, CONNECT_TLS, OPEN] {
+        let path = format!("/h2c-{}", via.name);
+        let r = env.send(via, ("GET", &path, h2c), "", &[], false);
+        // Forwarded as a plain request (the sink answers it 200), never switched.
+        assert_eq!(code(&r), "200", "{}: {r}\n{}", via.name, env.logs());
+        let data = r["data"].as_str().unwrap_or_default().to_ascii_lowercase();
+        assert!(data.contains("connection: close"), "{}: {r}", via.name);
+        assert!(data.ends_with("sink ok\n"), "{}: {r}", via.name);
+    }
+    // The sink (which would have switched) saw every request, none offering a switch; the
+    // inspected ones carry the injected credential.
+    let events = sink.events();
+    assert!(
+        !events.iter().any(|e| e["event"] == "switched"),
+        "{events:?}"
+    );
+    for via in [PLAIN, ABSOLUTE, CONNECT_PLAIN, INSPECTED, CONNECT_TLS, OPEN] {
+        let seen = sink_lines(&sink, &format!("/h2c-{} ", via.name));
+        assert_eq!(seen.len(), 1, "{}: {events:?}", via.name);
+        let headers = &seen[0]["headers"];
+        assert_eq!(
+            headers["upgrade"],
+            serde_json::Value::Null,
+            "{}: {headers}",
+            via.name
+        );
+        assert_eq!(
+            headers["http2-settings"],
+            serde_json::Value::Null,
+            "{}: {headers}",
+            via.name
+        );
+        assert_eq!(
+            headers["host"],
+            format!("{}:{}", via.host, via.port),
+            "{}: {headers}",
+            via.name
+        );
+        if via.tls {
+            assert_eq!(
+                headers["authorization"],
+                format!("Bearer {SECRET}"),
+                "{headers}"
+            );
+        }
+    }
+    assert!(!env.logs().contains(SECRET), "secret in sidecar logs");
+}
+
+#[test]
+fn path_parameters_are_refused_when_the_rule_has_http_rules() {
+    if !prereq() {
+        return;
+    }
+    let env = Env::start("enforce");
+    let sink = env.sink();
+    let paths = [
+        "/secret;x=1/y",
+        "/ok/..;/secret/y",
+        "/ok/x;jsessionid=1",
+        "/ok/%3B/secret",
+    ];
+    let vias = [PLAIN, ABSOLUTE, CONNECT_PLAIN, INSPECTED, CONNECT_TLS];
+    for via in vias {
+        for path in paths {
+            let r = env.send(via, ("GET", path, ""), "", &[], false);
+            let data = r["data"].as_str().unwrap_or_default();
+            assert_eq!(code(&r), "400", "{} {path}: {r}\n{}", via.name, env.logs());
+            assert!(
+                data.contains(r#""error":"bad_request""#) && data.contains("ambiguous path"),
+                "{} {path}: {r}",
+                via.name
+            );
+        }
+        // Control: the same rule, a plain path.
+        let path = format!("/ok/fine-{}", via.name);
+        let r = env.send(via, ("GET", &path, ""), "", &[], false);
+        assert_eq!(code(&r), "200", "{} control: {r}", via.name);
+    }
+    // Without HTTP rules the path is not judged and goes as sent.
+    let r = env.send(OPEN, ("GET", "/open;jsessionid=1", ""), "", &[], false);
+    assert_eq!(code(&r), "200", "{r}");
+
+    let requests = sink.requests();
+    for via in vias {
+        assert_eq!(
+            sink_lines(&sink, &format!("/ok/fine-{} ", via.name)).len(),
+            1,
+            "{requests:?}"
+        );
+    }
+    assert_eq!(
+        sink_lines(&sink, "/open;jsessionid=1 ").len(),
+        1,
+        "{requests:?}"
+    );
+    let leaked: Vec<&serde_json::Value> = requests
+        .iter()
+        .filter(|r| {
+            let line = r["line"].as_str().unwrap_or_default();
+            line.contains("secret") || line.contains("/ok/x") || line.contains("%3B")
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "refused paths reached the upstream: {leaked:?}"
+    );
+    let n = env.metric(r#"palisade_sidecar_bad_input_total{kind="ambiguous_path"}"#);
+    assert_eq!(n, (vias.len() * paths.len()) as f64);
+}
+
+#[test]
+fn method_overrides_are_decided_like_the_method() {
+    if !prereq() {
+        return;
+    }
+    let env = Env::start("enforce");
+    let sink = env.sink();
+    let form = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 18\r\n";
+    // (method, path, headers, body, expected status) — the rule allows GET/HEAD anywhere and
+    // POST under /upload/ only.
+    let cases: [(&str, &str, &str, &str, &str); 9] = [
+        (
+            "GET",
+            "/o-hdr",
+            "X-HTTP-Method-Override: DELETE\r\n",
+            "",
+            "403",
+        ),
+        ("GET", "/o-hdr2", "X-HTTP-Method: POST\r\n", "", "403"),
+        ("GET", "/o-hdr3", "X-Method-Override: put\r\n", "", "403"),
+        ("GET", "/o-query?_method=PUT", "", "", "403"),
+        ("POST", "/upload/o-form", form, "a=1&_method=DELETE", "403"),
+        (
+            "GET",
+            "/o-bad",
+            "X-HTTP-Method-Override: GET DELETE\r\n",
+            "",
+            "400",
+        ),
+        // Allowed overrides pass unchanged; so do forms without one.
+        (
+            "GET",
+            "/o-head",
+            "X-HTTP-Method-Override: HEAD\r\n",
+            "",
+            "200",
+        ),
+        ("POST", "/upload/o-ok", form, "a=1&b=2&c=3&d=4&e5", "200"),
+        ("GET", "/o-get?_method=GET", "", "", "200"),
+    ];
+    for via in [PLAIN, ABSOLUTE, INSPECTED] {
+        for (method, path, headers, body, want) in cases {
+            let r = env.send(via, (method, path, headers), body, &[], false);
+            assert_eq!(
+                code(&r),
+                want,
+                "{} {method} {path}: {r}\n{}",
+                via.name,
+                env.logs()
+            );
+        }
+    }
+    let requests = sink.requests();
+    for (_, path, _, _, want) in cases {
+        let seen = sink_lines(&sink, &format!(" {path} HTTP/1.1"));
+        let expected = if want == "200" { 3 } else { 0 };
+        assert_eq!(seen.len(), expected, "{path}: {requests:?}");
+    }
+    assert_eq!(
+        env.metric(r#"palisade_sidecar_bad_input_total{kind="bad_method_override"}"#),
+        3.0
+    );
+    assert!(
+        env.metric(r#"palisade_sidecar_denials_total{reason="no_matching_http_rule"}"#) >= 15.0
+    );
+}
+
+#[test]
+fn broken_request_bodies_never_reach_the_upstream() {
+    if !prereq() {
+        return;
+    }
+    let env = Env::start("enforce");
+    let sink = env.sink();
+    let chunked = "Transfer-Encoding: chunked\r\n";
+    let cases: [(&str, &str, bool); 5] = [
+        ("bad-size", "zz\r\nabc\r\n0\r\n\r\n", false),
+        ("no-crlf", "3\r\nabcdef\r\n0\r\n\r\n", false),
+        ("bare-lf", "3\nabc\r\n0\r\n\r\n", false),
+        ("bad-trailer", "3\r\nabc\r\n0\r\nX-T: 1\n\r\n", false),
+        ("truncated", "10\r\nabc", true),
+    ];
+    for via in [OPEN, PLAIN, ABSOLUTE, CONNECT_PLAIN, INSPECTED] {
+        for (what, body, shutdown) in cases {
+            if shutdown && via.tls {
+                continue; // a TCP half-close under TLS is a TLS error, not a short body
+            }
+            let path = format!("/upload/broken-{what}-{}", via.name);
+            let r = env.send(via, ("POST", &path, chunked), body, &[], shutdown);
+            let data = r["data"].as_str().unwrap_or_default();
+            assert_eq!(code(&r), "400", "{} {what}: {r}\n{}", via.name, env.logs());
+            assert!(
+                data.contains(r#""reason":"malformed request body""#)
+                    && data.to_ascii_lowercase().contains("connection: close"),
+                "{} {what}: {r}",
+                via.name
+            );
+        }
+    }
+    // Content-Length body cut short.
+    let r = env.send(
+        OPEN,
+        ("POST", "/upload/broken-short", "Content-Length: 100\r\n"),
+        "abc",
+        &[],
+        true,
+    );
+    assert_eq!(code(&r), "400", "{r}");
+    // Nothing of any of them reached the upstream.
+    let broken = sink_lines(&sink, "/broken-");
+    assert!(broken.is_empty(), "{broken:?}");
+
+    // Longer than the pre-read window, broken after it: the start went upstream, but the
+    // upstream never got a complete request (the connection was aborted before the end).
+    let mut long = String::new();
+    for _ in 0..5 {
+        long.push_str(&format!("3800\r\n{}\r\n", "x".repeat(0x3800)));
+    }
+    for via in [OPEN, INSPECTED] {
+        let path = format!("/upload/long-{}", via.name);
+        // (A urlencoded or type-less POST that long would be a 413 on a rule with HTTP
+        // rules: its `_method` could not be checked.)
+        let head = (
+            "POST",
+            path.as_str(),
+            "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n",
+        );
+        let r = env.send(via, head, &long, &["nothex\r\n"], false);
+        assert_eq!(code(&r), "400", "{}: {r}\n{}", via.name, env.logs());
+        let seen = sink_lines(&sink, &path);
+        assert_eq!(seen.len(), 1, "{}: {:?}", via.name, sink.events());
+        let conn = seen[0]["conn"].clone();
+        let events = sink.events();
+        let body = events
+            .iter()
+            .find(|e| e["event"] == "body" && e["conn"] == conn)
+            .unwrap_or_else(|| panic!("no body event: {events:?}"));
+        // The start (at least the window) went upstream; the end never did.
+        assert_eq!(body["complete"], false, "{body}");
+        assert!(body["length"].as_u64().unwrap() >= 64 * 1024, "{body}");
+    }
+    // Control: a well-formed chunked body arrives complete.
+    let r = env.send(
+        OPEN,
+        ("POST", "/upload/fine", chunked),
+        "3\r\nabc\r\n0\r\n\r\n",
+        &[],
+        false,
+    );
+    assert_eq!(code(&r), "200", "{r}");
+    let events = sink.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "body" && e["complete"] == true && e["data"] == "abc"),
+        "{events:?}"
+    );
+    assert!(env.metric(r#"palisade_sidecar_bad_input_total{kind="malformed_body"}"#) >= 22.0);
+    assert_eq!(
+        env.metric(r#"palisade_sidecar_upstream_errors_total{kind="http"}"#),
+        0.0
+    );
+}
+
+#[test]
+fn connection_tokens_cannot_strip_host_or_the_credential() {
+    if !prereq() {
+        return;
+    }
+    let env = Env::start("enforce");
+    let sink = env.sink();
+    let named = "Connection: host, authorization, content-type, content-length, cookie, x-http-method-override, x-hop\r\n\
+                 Authorization: Bearer agent\r\nCookie: c=1\r\nX-HTTP-Method-Override: HEAD\r\nX-Hop: 1\r\n\
+                 Content-Type: text/plain\r\nContent-Length: 2\r\n";
+    let vias = [PLAIN, ABSOLUTE, CONNECT_PLAIN, INSPECTED, CONNECT_TLS, OPEN];
+    for via in vias {
+        let path = format!("/upload/conn-{}", via.name);
+        let r = env.send(via, ("POST", &path, named), "hi", &[], false);
+        assert_eq!(code(&r), "200", "{}: {r}\n{}", via.name, env.logs());
+        let path = format!("/conn-{}", via.name);
+        let head = (
+            "GET",
+            path.as_str(),
+            "Connection: Host, X-Hop\r\nX-Hop: 1\r\n",
+        );
+        let r = env.send(via, head, "", &[], false);
+        assert_eq!(code(&r), "200", "{}: {r}", via.name);
+    }
+    for via in vias {
+        let host = format!("{}:{}", via.host, via.port);
+        let seen = sink_lines(&sink, &format!(" /conn-{} ", via.name));
+        assert_eq!(seen.len(), 1, "{}: {:?}", via.name, sink.requests());
+        let headers = &seen[0]["headers"];
+        assert_eq!(headers["host"], host, "{}: {headers}", via.name);
+        assert_eq!(headers["x-hop"], serde_json::Value::Null, "{headers}");
+        // Every header the decision or the injection relied on arrived as judged.
+        let seen = sink_lines(&sink, &format!(" /upload/conn-{} ", via.name));
+        assert_eq!(seen.len(), 1, "{}: {:?}", via.name, sink.requests());
+        let headers = &seen[0]["headers"];
+        let authorization = if via.tls {
+            format!("Bearer {SECRET}")
+        } else {
+            "Bearer agent".to_string()
+        };
+        for (name, value) in [
+            ("host", host.as_str()),
+            ("authorization", authorization.as_str()),
+            ("cookie", "c=1"),
+            ("x-http-method-override", "HEAD"),
+            ("content-type", "text/plain"),
+            ("content-length", "2"),
+        ] {
+            assert_eq!(headers[name], value, "{} {name}: {headers}", via.name);
+        }
+        assert_eq!(headers["x-hop"], serde_json::Value::Null, "{headers}");
+    }
+    let complete = sink
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "body" && e["complete"] == true && e["data"] == "hi")
+        .count();
+    assert_eq!(complete, vias.len());
+}
+
 #[test]
 #[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 fn bench_inspecting_path_vs_direct() {

@@ -337,10 +337,17 @@ fn create_then_delete_leaves_nothing_behind() {
         .iter()
         .filter(|s| s.name.starts_with("palisade-sidec"))
         .collect();
-    assert_eq!(sidecar.len(), 1, "one sidecar: {procs:?}");
-    assert_eq!(sidecar[0].uids, "1337 1337 1337 1337", "{:?}", sidecar[0]);
-    assert_eq!(sidecar[0].gids, "1337 1337 1337 1337", "{:?}", sidecar[0]);
-    assert_eq!(sidecar[0].cap_eff, "0000000000000000", "{:?}", sidecar[0]);
+    // The keeper (holds the listening sockets) and its data plane.
+    assert_eq!(
+        sidecar.len(),
+        2,
+        "one sidecar, keeper + data plane: {procs:?}"
+    );
+    for s in &sidecar {
+        assert_eq!(s.uids, "1337 1337 1337 1337", "{s:?}");
+        assert_eq!(s.gids, "1337 1337 1337 1337", "{s:?}");
+        assert_eq!(s.cap_eff, "0000000000000000", "{s:?}");
+    }
     let agent: Vec<&Status> = procs
         .iter()
         .filter(|s| s.uids.starts_with("1000 "))
@@ -502,4 +509,72 @@ fn stopping_or_killing_up_leaves_nothing_behind() {
     assert!(status.success(), "{status}\n{}", up.log());
     assert!(!Path::new("/sys/class/net").join(&up.bridge).exists());
     assert_eq!(host_palisade_rules(), host_rules_before);
+}
+
+/// Review item: a sandbox's agent could read every process's command line in `/proc`,
+/// its own sidecar's and other sandboxes' included. Each runs in a PID namespace of its own
+/// with a private `/proc` now: checked from inside, through `sandbox exec`, as the agent.
+#[test]
+fn an_agent_sees_only_its_own_processes() {
+    if !require_root_or_skip(&[TOOLS, &["unshare"]].concat()) {
+        return;
+    }
+    let up = Up::start(2);
+    let id_a = up.create("t-proc-a", &["sleep", "601"]);
+    let id_b = up.create("t-proc-b", &["sleep", "602"]);
+    for id in [&id_a, &id_b] {
+        let ns = format!("palisade-{}", &id[4..12]);
+        assert!(
+            wait_until(WAIT, || netns_pids(&ns)
+                .into_iter()
+                .filter_map(status)
+                .any(|s| s.name == "sleep")),
+            "agent of {id} never started:\n{}",
+            up.log()
+        );
+    }
+    // Every command line a's agent can read, one per line.
+    let script = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done";
+    let mut last = None;
+    let ok = wait_until(WAIT, || {
+        let out = up.cli(&["sandbox", "exec", "t-proc-a", "--", "sh", "-c", script]);
+        let ok = out.status.success();
+        last = Some(out);
+        ok
+    });
+    let out = last.unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        ok,
+        "exec failed: {seen}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        seen.contains("sleep 601"),
+        "control: its own agent is visible: {seen}"
+    );
+    for hidden in [
+        "sleep 602",
+        "palisade-sidecar",
+        "bootstrap-token",
+        "palisade up",
+    ] {
+        assert!(!seen.contains(hidden), "the agent sees {hidden:?}:\n{seen}");
+    }
+    // The shim is PID 1 of the agent's namespace.
+    let out = up.cli(&["sandbox", "exec", "t-proc-a", "--", "cat", "/proc/1/comm"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "palisade-shim",
+        "{out:?}"
+    );
+    // The same holds the other way round.
+    let out = up.cli(&["sandbox", "exec", "t-proc-b", "--", "sh", "-c", script]);
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        seen.contains("sleep 602") && !seen.contains("sleep 601"),
+        "{seen}"
+    );
+    up.cli_ok(&["sandbox", "delete", "t-proc-a"]);
+    up.cli_ok(&["sandbox", "delete", "t-proc-b"]);
 }

@@ -244,7 +244,13 @@ impl Env {
         std::fs::create_dir_all(&gwdir).unwrap();
         set_mode(&gwdir, 0o700).unwrap();
         let gateway = Gateway::start(&topo, &gwdir, START).unwrap();
-        let secret = serde_json::json!({"data": {"token": SECRET}}).to_string();
+        // Allowed for the cluster-wide policy `grants`, sent only to bound.test:443.
+        let secret = serde_json::json!({
+            "data": {"token": SECRET},
+            "allowedPolicies": ["grants"],
+            "allowedHosts": ["bound.test:443"],
+        })
+        .to_string();
         let (code, body) = gateway.api(&topo, "PUT", "/v1/secrets/bound-secret", Some(&secret));
         assert!((200..300).contains(&code), "PUT secret: {code} {body}");
         let doc = policy("enforce", &oauth.url_for(OAUTH_HOST));

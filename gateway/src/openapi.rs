@@ -42,7 +42,7 @@ fn op(id: RouteId, schema: &mut dyn FnMut(&str) -> Value) -> Op {
             response: Some(json!({"type": "object"})),
         },
         RouteId::SandboxCreate => Op {
-            summary: "Register a sandbox; answers its one-time bootstrap token once",
+            summary: "Register a sandbox; answers its one-time bootstrap token once; its policy must be cluster-wide or of its namespace (422 policy_not_usable)",
             request: Some((j, schema("SandboxSpec"))),
             status: "201",
             response: Some(schema("CreatedSandbox")),
@@ -90,13 +90,13 @@ fn op(id: RouteId, schema: &mut dyn FnMut(&str) -> Value) -> Op {
             response: Some(schema("WorkloadTokenResponse")),
         },
         RouteId::PolicyPut => Op {
-            summary: "Validate and store a policy (YAML or JSON); If-Match / If-None-Match: * honoured",
+            summary: "Validate and store a policy (YAML or JSON) in ?namespace=NS, or cluster-wide (admin only) without it; its namespace is fixed once created (409 policy_namespace_conflict); 422 invalid_policy (also for file/env credential sources) or secret_not_allowed (a secret it names does not exist or its allowance does not cover this policy and every host/port it binds); If-Match / If-None-Match: * honoured",
             request: Some(("application/yaml", json!({"type": "string"}))),
             status: "200",
             response: Some(schema("StoredPolicy")),
         },
         RouteId::PolicyGet => Op {
-            summary: "A stored policy",
+            summary: "A stored policy: cluster-wide ones for every reader, namespaced ones only for principals of that namespace (else 404)",
             request: None,
             status: "200",
             response: Some(schema("StoredPolicy")),
@@ -144,7 +144,7 @@ fn op(id: RouteId, schema: &mut dyn FnMut(&str) -> Value) -> Op {
             response: None,
         },
         RouteId::SecretPut => Op {
-            summary: "Create or replace a secret; answers names, key names and SHA-256 fingerprints, never values",
+            summary: "Create or replace a secret and its allowance (allowedNamespaces, allowedPolicies, allowedHosts; empty: usable by no policy); answers names, key names, the allowance and SHA-256 fingerprints, never values",
             request: Some((j, schema("SecretWrite"))),
             status: "200",
             response: Some(schema("SecretInfo")),
@@ -239,6 +239,9 @@ pub fn document() -> Value {
         }
         if route.path.contains("{name}") {
             params.push(json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" } }));
+        }
+        if route.id == RouteId::PolicyPut {
+            params.push(json!({ "name": "namespace", "in": "query", "required": false, "description": "the namespace the policy belongs to; absent: cluster-wide (admin only)", "schema": { "type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" } }));
         }
         if route.id == RouteId::SandboxPolicyGet {
             params.push(json!({ "name": "revision", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } }));

@@ -221,6 +221,23 @@ impl Principal {
             _ => true,
         }
     }
+
+    /// Whether this principal may create or change an object (a policy) of
+    /// `namespace`: `None` is cluster-wide and needs `admin`; a namespace
+    /// needs [`Self::sees_namespace`] (platform principals: one of theirs).
+    pub fn manages_namespace(&self, namespace: Option<&str>) -> bool {
+        match namespace {
+            None => self.has_scope(Scope::Admin),
+            Some(_) => self.sees_namespace(namespace),
+        }
+    }
+
+    /// Whether this principal may read a policy of `namespace`: cluster-wide
+    /// policies are readable by every reader (sandboxes of any namespace may
+    /// run them), namespaced ones as [`Self::sees_namespace`] says.
+    pub fn reads_namespace(&self, namespace: Option<&str>) -> bool {
+        namespace.is_none() || self.sees_namespace(namespace)
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +267,30 @@ mod tests {
         assert!(Role::Editor.grants(Scope::PolicyWrite));
         assert!(Role::Viewer.grants(Scope::SandboxRead));
         assert!(!Role::Viewer.grants(Scope::SandboxWrite));
+    }
+
+    #[test]
+    fn namespaces_limit_platform_principals_and_cluster_wide_needs_admin() {
+        let platform = Principal::Platform {
+            subject: "ctl".into(),
+            namespaces: vec!["ns-a".into()],
+        };
+        let user = |roles| Principal::User {
+            subject: "u".into(),
+            roles,
+        };
+        let (admin, editor) = (user(vec![Role::Admin]), user(vec![Role::Editor]));
+        assert!(platform.manages_namespace(Some("ns-a")));
+        assert!(!platform.manages_namespace(Some("ns-b")));
+        assert!(
+            !platform.manages_namespace(None),
+            "cluster-wide is admin only"
+        );
+        assert!(platform.reads_namespace(None) && platform.reads_namespace(Some("ns-a")));
+        assert!(!platform.reads_namespace(Some("ns-b")));
+        assert!(editor.manages_namespace(Some("ns-b")));
+        assert!(!editor.manages_namespace(None));
+        assert!(admin.manages_namespace(None) && admin.manages_namespace(Some("x")));
     }
 
     #[test]

@@ -86,6 +86,29 @@ pub enum Grant {
     Bootstrap,
 }
 
+/// Which namespace check a route's handler makes once it has loaded the
+/// object the route acts on ([`authorize_namespace`]). The route table says
+/// it, so the table test covers every route × principal × namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespaced {
+    /// No namespaced object: public documents, tokens, keys, and secrets
+    /// (cluster objects that only admins reach).
+    None,
+    /// The `{id}` sandbox: its namespace must be one the principal sees
+    /// (a foreign one answers exactly like a missing sandbox).
+    Sandbox,
+    /// Each listed sandbox, filtered by the same rule as [`Namespaced::Sandbox`].
+    SandboxList,
+    /// The namespace a new sandbox is created in (from the body).
+    NewSandbox,
+    /// Reading the `{name}` policy: cluster-wide policies for every reader,
+    /// namespaced ones for principals who see the namespace (else 404).
+    PolicyRead,
+    /// Writing the `{name}` policy: the principal must manage the namespace
+    /// written AND that of the version it replaces (cluster-wide: admin only).
+    PolicyWrite,
+}
+
 #[derive(Debug, Clone)]
 pub struct Route {
     pub id: RouteId,
@@ -94,6 +117,7 @@ pub struct Route {
     /// name, `{relay_id}` a relay id.
     pub path: &'static str,
     pub grants: &'static [Grant],
+    pub namespaced: Namespaced,
 }
 
 /// Every route of the API.
@@ -103,102 +127,119 @@ pub const ROUTES: &[Route] = &[
         method: Method::GET,
         path: "/.well-known/jwks.json",
         grants: &[Grant::Public],
+        namespaced: Namespaced::None,
     },
     Route {
         id: RouteId::OpenIdConfiguration,
         method: Method::GET,
         path: "/.well-known/openid-configuration",
         grants: &[Grant::Public],
+        namespaced: Namespaced::None,
     },
     Route {
         id: RouteId::OpenApi,
         method: Method::GET,
         path: "/openapi.json",
         grants: &[Grant::Public],
+        namespaced: Namespaced::None,
     },
     Route {
         id: RouteId::SandboxCreate,
         method: Method::POST,
         path: "/v1/sandboxes",
         grants: &[Grant::Scope(Scope::SandboxWrite)],
+        namespaced: Namespaced::NewSandbox,
     },
     Route {
         id: RouteId::SandboxList,
         method: Method::GET,
         path: "/v1/sandboxes",
         grants: &[Grant::Scope(Scope::SandboxRead)],
+        namespaced: Namespaced::SandboxList,
     },
     Route {
         id: RouteId::SandboxGet,
         method: Method::GET,
         path: "/v1/sandboxes/{id}",
         grants: &[Grant::Scope(Scope::SandboxRead), Grant::OwnSandbox],
+        namespaced: Namespaced::Sandbox,
     },
     Route {
         id: RouteId::SandboxDelete,
         method: Method::DELETE,
         path: "/v1/sandboxes/{id}",
         grants: &[Grant::Scope(Scope::SandboxWrite)],
+        namespaced: Namespaced::Sandbox,
     },
     Route {
         id: RouteId::SandboxPolicyGet,
         method: Method::GET,
         path: "/v1/sandboxes/{id}/policy",
         grants: &[Grant::Scope(Scope::SandboxRead), Grant::OwnSandbox],
+        namespaced: Namespaced::Sandbox,
     },
     Route {
         id: RouteId::SandboxEvents,
         method: Method::POST,
         path: "/v1/sandboxes/{id}/events",
         grants: &[Grant::OwnSandbox],
+        namespaced: Namespaced::Sandbox,
     },
     Route {
         id: RouteId::SandboxLogs,
         method: Method::GET,
         path: "/v1/sandboxes/{id}/logs",
         grants: &[Grant::Scope(Scope::SandboxRead)],
+        namespaced: Namespaced::Sandbox,
     },
     Route {
         id: RouteId::WorkloadTokens,
         method: Method::POST,
         path: "/v1/sandboxes/{id}/workload-tokens",
         grants: &[Grant::OwnSandbox],
+        namespaced: Namespaced::Sandbox,
     },
     Route {
         id: RouteId::PolicyPut,
         method: Method::PUT,
         path: "/v1/policies/{name}",
         grants: &[Grant::Scope(Scope::PolicyWrite)],
+        namespaced: Namespaced::PolicyWrite,
     },
     Route {
         id: RouteId::PolicyGet,
         method: Method::GET,
         path: "/v1/policies/{name}",
         grants: &[Grant::Scope(Scope::SandboxRead)],
+        namespaced: Namespaced::PolicyRead,
     },
     Route {
         id: RouteId::TokenIssue,
         method: Method::POST,
         path: "/v1/token:issue",
         grants: &[Grant::Bootstrap],
+        namespaced: Namespaced::None,
     },
     Route {
         id: RouteId::TokenRefresh,
         method: Method::POST,
         path: "/v1/token:refresh",
         grants: &[Grant::SandboxSelf],
+        namespaced: Namespaced::None,
     },
     Route {
         id: RouteId::KeysList,
         method: Method::GET,
         path: "/v1/keys",
         grants: &[Grant::Scope(Scope::Admin)],
+        namespaced: Namespaced::None,
     },
     Route {
         id: RouteId::KeysRotate,
         method: Method::POST,
         path: "/v1/keys:rotate",
         grants: &[Grant::Scope(Scope::Admin)],
+        namespaced: Namespaced::None,
     },
     // The sidecar's session stream: never-ending NDJSON (not cut by the
     // request timeout: see server::stack).
@@ -207,6 +248,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::GET,
         path: "/v1/sandboxes/{id}/session",
         grants: &[Grant::OwnSandbox],
+        namespaced: Namespaced::Sandbox,
     },
     // Exec: an operator who may write the sandbox; never a sandbox (an agent
     // must not open sessions, even in itself). HTTP/1.1 upgrade.
@@ -215,6 +257,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::POST,
         path: "/v1/sandboxes/{id}/exec",
         grants: &[Grant::Scope(Scope::SandboxWrite)],
+        namespaced: Namespaced::Sandbox,
     },
     // The sidecar's dial-back for a relay its session was asked for.
     Route {
@@ -222,24 +265,28 @@ pub const ROUTES: &[Route] = &[
         method: Method::POST,
         path: "/v1/sandboxes/{id}/relays/{relay_id}",
         grants: &[Grant::OwnSandbox],
+        namespaced: Namespaced::Sandbox,
     },
     Route {
         id: RouteId::SecretPut,
         method: Method::PUT,
         path: "/v1/secrets/{name}",
         grants: &[Grant::Scope(Scope::Admin)],
+        namespaced: Namespaced::None,
     },
     Route {
         id: RouteId::SecretList,
         method: Method::GET,
         path: "/v1/secrets",
         grants: &[Grant::Scope(Scope::Admin)],
+        namespaced: Namespaced::None,
     },
     Route {
         id: RouteId::SecretDelete,
         method: Method::DELETE,
         path: "/v1/secrets/{name}",
         grants: &[Grant::Scope(Scope::Admin)],
+        namespaced: Namespaced::None,
     },
 ];
 
@@ -367,6 +414,19 @@ pub fn authorize(matched: &Matched, principal: &Principal) -> Result<(), ApiErro
     }
 }
 
+/// Whether `principal` (already past [`authorize`]) may act on an object
+/// of `namespace` (`None`: no namespace / cluster-wide) on this route.
+pub fn authorize_namespace(route: &Route, principal: &Principal, namespace: Option<&str>) -> bool {
+    match route.namespaced {
+        Namespaced::None => true,
+        Namespaced::Sandbox | Namespaced::SandboxList | Namespaced::NewSandbox => {
+            principal.sees_namespace(namespace)
+        }
+        Namespaced::PolicyRead => principal.reads_namespace(namespace),
+        Namespaced::PolicyWrite => principal.manages_namespace(namespace),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +460,46 @@ mod tests {
         }
     }
 
+    /// Independent statement of the namespace rule of every route, for an
+    /// object of namespace `ns` (`None`: none / cluster-wide).
+    fn expected_ns(id: RouteId, p: &Principal, ns: Option<&str>) -> bool {
+        let sees = match p {
+            Principal::Platform { namespaces, .. } => {
+                ns.is_some_and(|n| namespaces.iter().any(|x| x == n))
+            }
+            _ => true,
+        };
+        let admin = matches!(p, Principal::User { roles, .. } if roles.contains(&Role::Admin));
+        match id {
+            RouteId::Jwks
+            | RouteId::OpenIdConfiguration
+            | RouteId::OpenApi
+            | RouteId::TokenIssue
+            | RouteId::TokenRefresh
+            | RouteId::KeysList
+            | RouteId::KeysRotate
+            | RouteId::SecretPut
+            | RouteId::SecretList
+            | RouteId::SecretDelete => true,
+            RouteId::SandboxCreate
+            | RouteId::SandboxList
+            | RouteId::SandboxGet
+            | RouteId::SandboxDelete
+            | RouteId::SandboxPolicyGet
+            | RouteId::SandboxEvents
+            | RouteId::SandboxLogs
+            | RouteId::WorkloadTokens
+            | RouteId::SandboxSession
+            | RouteId::SandboxExec
+            | RouteId::RelayDialBack => sees,
+            RouteId::PolicyGet => ns.is_none() || sees,
+            RouteId::PolicyPut => match ns {
+                None => admin,
+                Some(_) => sees,
+            },
+        }
+    }
+
     fn principals(own: &SandboxId) -> Vec<Principal> {
         let mut v = vec![
             Principal::Sandbox {
@@ -409,6 +509,10 @@ mod tests {
             Principal::Platform {
                 subject: "ctl".into(),
                 namespaces: vec!["ns".into()],
+            },
+            Principal::Platform {
+                subject: "none".into(),
+                namespaces: vec![],
             },
             Principal::Bootstrap {
                 sandbox_id: own.clone(),
@@ -511,6 +615,12 @@ mod tests {
                         p,
                         target
                     );
+                    // Route × principal × namespace of the object acted on.
+                    for ns in [None, Some("ns"), Some("other")] {
+                        let allowed = got.is_ok() && authorize_namespace(r, &p, ns);
+                        let want = want && expected_ns(r.id, &p, ns);
+                        assert_eq!(allowed, want, "{:?} {p:?} on namespace {ns:?}", r.id);
+                    }
                 }
             }
         }

@@ -40,8 +40,9 @@ fn refused_by_auth(a: &palisade_gateway::client::Answer) -> bool {
     let body: palisade_api::ErrorBody = serde_json::from_slice(&a.body).unwrap();
     match a.status.as_u16() {
         401 | 403 => true,
-        // 404 "sandbox not found" is how a foreign sandbox is refused.
-        _ => body.reason == "sandbox not found",
+        // 404 "sandbox not found" is how a foreign sandbox is refused, and
+        // "policy not found" another namespace's policy.
+        _ => body.reason == "sandbox not found" || body.reason == "policy not found",
     }
 }
 
@@ -52,6 +53,16 @@ async fn send_head_first(
     method: http::Method,
     path: &str,
     token: Option<&str>,
+) -> palisade_gateway::client::Answer {
+    send_body_head_first(gw, method, path, token, Bytes::from_static(b"{}")).await
+}
+
+async fn send_body_head_first(
+    gw: &Gw,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Bytes,
 ) -> palisade_gateway::client::Answer {
     use http_body_util::{BodyExt, Full};
     let tcp = tokio::net::TcpStream::connect(gw.running.api_addr)
@@ -71,7 +82,7 @@ async fn send_head_first(
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let resp = sender
-        .send_request(req.body(Full::new(Bytes::from_static(b"{}"))).unwrap())
+        .send_request(req.body(Full::new(body)).unwrap())
         .await
         .unwrap();
     let (parts, body) = resp.into_parts();
@@ -94,6 +105,13 @@ async fn route_table_times_every_principal() {
     let gw = Gw::start(&["--rate-limit-burst", "100000"]).await;
     let (own_id, own_token) = gw.sandbox_with_token(None).await;
     let (_other_id, other_token) = gw.sandbox_with_token(None).await;
+    // The `{name}` policy exists (a missing one answers like a foreign one).
+    assert_eq!(
+        put(&gw.admin(), "/v1/policies/web", &policy_doc("web"))
+            .await
+            .status,
+        200
+    );
     for route in ROUTES {
         for who in [
             Who::Nobody,
@@ -163,6 +181,146 @@ async fn route_table_times_every_principal() {
         );
     }
     gw.running.shutdown().await;
+}
+
+/// The namespaced operator principals a gateway can have besides the admin.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Operator {
+    /// A platform controller for `ns-a` only.
+    PlatformNsA,
+    /// A user with the `editor` role (every namespace, nothing cluster-wide to write).
+    Editor,
+}
+
+/// Independent statement of what `who` may do on `route` to an object of
+/// namespace `ns` (`None`: no namespace, or a cluster-wide policy).
+fn allowed_in_namespace(
+    route: &palisade_gateway::routes::Route,
+    who: Operator,
+    ns: Option<&str>,
+) -> bool {
+    use palisade_gateway::routes::RouteId;
+    // Both hold every operator scope but `admin`.
+    let granted = route.grants.iter().any(|g| match g {
+        Grant::Public => true,
+        Grant::Scope(s) => *s != Scope::Admin,
+        _ => false,
+    });
+    if !granted {
+        return false;
+    }
+    let sees = match who {
+        Operator::PlatformNsA => ns == Some("ns-a"),
+        Operator::Editor => true,
+    };
+    match route.id {
+        RouteId::PolicyGet => ns.is_none() || sees,
+        RouteId::PolicyPut => ns.is_some() && sees,
+        RouteId::SandboxCreate => sees,
+        _ if route.path.contains("{id}") => sees,
+        _ => true,
+    }
+}
+
+fn policy_doc(name: &str) -> String {
+    format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  \
+         egress:\n    - name: web\n      hosts: [example.com]\n      ports: [443]\n"
+    )
+}
+
+/// Every route × (platform for ns-a | editor) × object namespace (ns-a, ns-b,
+/// none/cluster-wide), over real HTTP with real OIDC tokens.
+#[tokio::test]
+async fn route_table_times_operator_principals_times_namespaces() {
+    for (kind, who) in [
+        ("platform", Operator::PlatformNsA),
+        ("user", Operator::Editor),
+    ] {
+        let idp = Idp::new();
+        let gw = idp.gateway(kind, &["--rate-limit-burst", "100000"]).await;
+        let token = match who {
+            Operator::PlatformNsA => idp.platform("ctl", &["ns-a"]),
+            Operator::Editor => idp.user("ed", &["editor"]),
+        };
+        let namespaces = [Some("ns-a"), Some("ns-b"), None];
+        let policy_name = |ns: Option<&str>| format!("p-{}", ns.unwrap_or("cluster"));
+        for ns in namespaces {
+            let name = policy_name(ns);
+            let path = match ns {
+                Some(ns) => format!("/v1/policies/{name}?namespace={ns}"),
+                None => format!("/v1/policies/{name}"),
+            };
+            assert_eq!(
+                put(&gw.admin(), &path, &policy_doc(&name)).await.status,
+                200
+            );
+        }
+        for route in ROUTES {
+            for ns in namespaces {
+                let (target, _) = gw.create_sandbox_in(ns, None).await;
+                let name = if route.path.starts_with("/v1/secrets") {
+                    "web".to_owned()
+                } else {
+                    policy_name(ns)
+                };
+                let mut path = route
+                    .path
+                    .replace("{id}", &target)
+                    .replace("{name}", &name)
+                    .replace("{relay_id}", "0123456789abcdef0123456789abcdef");
+                let body = match route.id {
+                    palisade_gateway::routes::RouteId::PolicyPut => {
+                        if let Some(ns) = ns {
+                            path.push_str(&format!("?namespace={ns}"));
+                        }
+                        Bytes::from(policy_doc(&name))
+                    }
+                    palisade_gateway::routes::RouteId::SandboxCreate => {
+                        let mut spec = serde_json::json!({"name": "walk"});
+                        if let Some(ns) = ns {
+                            spec["namespace"] = ns.into();
+                        }
+                        Bytes::from(spec.to_string())
+                    }
+                    _ => Bytes::from_static(b"{}"),
+                };
+                let a = send_body_head_first(&gw, route.method.clone(), &path, Some(&token), body)
+                    .await;
+                assert!(
+                    a.status.as_u16() < 500,
+                    "{:?} {who:?} {ns:?}: {}",
+                    route.id,
+                    a.status
+                );
+                let want = allowed_in_namespace(route, who, ns);
+                assert_eq!(
+                    !refused_by_auth(&a),
+                    want,
+                    "{:?} as {who:?} on namespace {ns:?} answered {} {}",
+                    route.id,
+                    a.status,
+                    String::from_utf8_lossy(&a.body)
+                );
+            }
+        }
+        // Listing filters by the same rule.
+        let list = get(&gw.client(Some(&token)), "/v1/sandboxes").await;
+        let sandboxes = list.json().unwrap()["sandboxes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let seen: std::collections::BTreeSet<Option<String>> = sandboxes
+            .iter()
+            .map(|s| s["namespace"].as_str().map(str::to_owned))
+            .collect();
+        let want: std::collections::BTreeSet<Option<String>> = match who {
+            Operator::PlatformNsA => [Some("ns-a".to_owned())].into(),
+            Operator::Editor => [Some("ns-a".to_owned()), Some("ns-b".to_owned()), None].into(),
+        };
+        assert_eq!(seen, want, "{who:?}");
+        gw.running.shutdown().await;
+    }
 }
 
 #[tokio::test]

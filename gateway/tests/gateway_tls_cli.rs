@@ -233,6 +233,139 @@ async fn policy_set_and_get_cli() {
 }
 
 #[tokio::test]
+async fn secret_allowances_and_policy_namespaces_from_the_cli() {
+    const VALUE: &str = "ghp_cli-allowance-value-5e2b9c";
+    let gw = Gw::start(&[]).await;
+    let url = format!("http://{}", gw.running.api_addr);
+    let token_file = dir_token(&gw);
+    let files = tempfile::tempdir().unwrap();
+    let value_file = files.path().join("token");
+    std::fs::write(&value_file, format!("{VALUE}\n")).unwrap();
+    let value_arg = format!("token={}", value_file.display());
+    let policy_file = files.path().join("web.yaml");
+    std::fs::write(
+        &policy_file,
+        "apiVersion: palisade.dev/v1alpha1\nkind: Policy\nmetadata: {name: web}\nspec:\n  \
+         credentials:\n    gh:\n      from: {secret: {name: github, key: token}}\n  egress:\n    \
+         - name: api\n      hosts: [api.github.com]\n      ports: [443]\n      credential: gh\n",
+    )
+    .unwrap();
+    let env_policy = files.path().join("env.yaml");
+    std::fs::write(
+        &env_policy,
+        "apiVersion: palisade.dev/v1alpha1\nkind: Policy\nmetadata: {name: envy}\nspec:\n  \
+         credentials:\n    gh:\n      from: {env: HOME}\n  egress:\n    - name: api\n      \
+         hosts: [api.github.com]\n      ports: [443]\n      credential: gh\n",
+    )
+    .unwrap();
+    let run = move |args: Vec<String>| {
+        let (url, token_file) = (url.clone(), token_file.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = palisade(
+                &args,
+                &[
+                    ("PALISADE_GATEWAY", &url),
+                    ("PALISADE_TOKEN_FILE", &token_file),
+                ],
+            );
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!all.contains(VALUE), "the CLI printed the value: {all}");
+            (out.status.code(), all)
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let policy_arg = policy_file.display().to_string();
+
+    // No allowance: stored, with a note that no policy can use it.
+    let (code, out) = run(s(&["secret", "set", "github", "--from-file", &value_arg]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("note: no policy can use secret github"),
+        "{out}"
+    );
+    let (code, out) = run(s(&["policy", "set", &policy_arg, "--namespace", "team"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("secret_not_allowed") && out.contains("`github`"),
+        "{out}"
+    );
+    // A bad allowance is refused before anything is sent, naming the flag.
+    let (code, out) = run(s(&[
+        "secret",
+        "set",
+        "github",
+        "--from-file",
+        &value_arg,
+        "--allow-host",
+        "*.com",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("--allow-host") && out.contains("top-level"),
+        "{out}"
+    );
+    // Allowed for namespace `team` on api.github.com:443.
+    let (code, out) = run(s(&[
+        "secret",
+        "set",
+        "github",
+        "--from-file",
+        &value_arg,
+        "--allow-namespace",
+        "team",
+        "--allow-host",
+        "api.github.com:443",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("allowed namespaces: team"), "{out}");
+    assert!(
+        out.contains("allowed hosts:      api.github.com:443"),
+        "{out}"
+    );
+    let (code, out) = run(s(&["secret", "list"])).await.unwrap();
+    assert_eq!(code, Some(0));
+    assert!(out.contains("allowed namespaces: team"), "{out}");
+    let (code, out) = run(s(&["policy", "set", &policy_arg, "--namespace", "team"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let stored: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stored["namespace"], "team");
+    // Cluster-wide is another policy: not allowed by the secret.
+    let (code, out) = run(s(&["policy", "set", &policy_arg])).await.unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("policy_namespace_conflict"), "{out}");
+    let (code, out) = run(s(&["policy", "set", &policy_arg, "--namespace", "Team!"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("--namespace `Team!`"), "{out}");
+    // file/env sources: refused by the CLI before they reach the gateway.
+    let (code, out) = run(s(&["policy", "set", &env_policy.display().to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("spec.credentials.gh.from.env") && out.contains("--policy"),
+        "{out}"
+    );
+    gw.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn client_certificates_are_required_when_a_client_ca_is_configured() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();

@@ -5,13 +5,11 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use palisade_api::exec::{ExecExit, ExecOpen, Frame, write_frame};
 use palisade_api::session::{CredentialBinding, SessionEvent};
@@ -46,91 +44,31 @@ spec:
     )
 }
 
+/// The secret, allowed for the cluster-wide policy `web` and the hosts it binds.
 async fn put_secret(gw: &Gw, name: &str, value: &str) -> Answer {
-    gw.admin()
-        .send(
-            Method::PUT,
-            &format!("/v1/secrets/{name}"),
-            Some("application/json"),
-            Bytes::from(
-                serde_json::to_vec(&serde_json::json!({"data": {"token": value}})).unwrap(),
-            ),
-        )
-        .await
-        .unwrap()
+    put_secret_allowing(
+        gw,
+        name,
+        value,
+        &[],
+        &["web"],
+        &["api.github.com:443", "*.githubusercontent.com:443"],
+    )
+    .await
 }
 
 use palisade_gateway::client::Answer;
 
-/// A session stream being read line by line.
-struct Session {
-    body: Incoming,
-    buf: Vec<u8>,
-}
-
-impl Session {
-    async fn open(gw: &Gw, id: &str, token: &str) -> http::Response<Incoming> {
-        let mut c = connect(gw).await;
-        c.send_request(request(
-            Method::GET,
-            &format!("/v1/sandboxes/{id}/session"),
-            token,
-            None,
-        ))
-        .await
-        .unwrap()
-    }
-
-    async fn start(gw: &Gw, id: &str, token: &str) -> Session {
-        let resp = Session::open(gw, id, token).await;
-        assert_eq!(resp.status(), 200);
-        assert_eq!(
-            resp.headers().get(header::CONTENT_TYPE).unwrap(),
-            "application/x-ndjson"
-        );
-        Session {
-            body: resp.into_body(),
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next event, heartbeats included; `None` at the end of the stream.
-    async fn next_any(&mut self) -> Option<SessionEvent> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return Some(serde_json::from_slice(&line[..line.len() - 1]).unwrap());
-            }
-            let frame = tokio::time::timeout(PATIENCE, self.body.frame())
-                .await
-                .expect("session stream stalled")?;
-            if let Ok(data) = frame.unwrap().into_data() {
-                self.buf.extend_from_slice(&data);
-            }
-        }
-    }
-
-    /// The next event that is not a heartbeat.
-    async fn next(&mut self) -> SessionEvent {
-        loop {
-            match self.next_any().await.expect("session stream ended") {
-                SessionEvent::Heartbeat { .. } => continue,
-                e => return e,
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn session_delivers_policy_and_credentials_and_follows_changes() {
     let gw = Gw::start(&[]).await;
+    assert_eq!(put_secret(&gw, "github", SECRET_V1).await.status, 200);
     assert_eq!(
         put(&gw.admin(), "/v1/policies/web", &policy("v1"))
             .await
             .status,
         200
     );
-    assert_eq!(put_secret(&gw, "github", SECRET_V1).await.status, 200);
     let (id, token) = gw.sandbox_with_token(Some("web")).await;
 
     let mut s = Session::start(&gw, &id, &token).await;
@@ -258,8 +196,13 @@ async fn session_delivers_policy_and_credentials_and_follows_changes() {
 #[tokio::test]
 async fn session_only_for_the_own_sandbox() {
     let gw = Gw::start(&[]).await;
-    put(&gw.admin(), "/v1/policies/web", &policy("v1")).await;
     put_secret(&gw, "github", SECRET_V1).await;
+    assert_eq!(
+        put(&gw.admin(), "/v1/policies/web", &policy("v1"))
+            .await
+            .status,
+        200
+    );
     let (a, _token_a) = gw.sandbox_with_token(Some("web")).await;
     let (_b, token_b) = gw.sandbox_with_token(Some("web")).await;
 
@@ -300,36 +243,18 @@ async fn session_only_for_the_own_sandbox() {
     gw.running.shutdown().await;
 }
 
-/// Captures every log line of the process (this test sets the global subscriber).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn secret_values_never_reach_metrics_or_logs() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish(),
-    )
-    .expect("this test must own the process's log subscriber (run it with nextest)");
+    let logs = capture_logs(tracing::Level::TRACE);
 
     let gw = Gw::start(&[]).await;
-    put(&gw.admin(), "/v1/policies/web", &policy("v1")).await;
     put_secret(&gw, "github", SECRET_V1).await;
+    assert_eq!(
+        put(&gw.admin(), "/v1/policies/web", &policy("v1"))
+            .await
+            .status,
+        200
+    );
     let (id, token) = gw.sandbox_with_token(Some("web")).await;
     let mut s = Session::start(&gw, &id, &token).await;
     for _ in 0..3 {
@@ -359,7 +284,7 @@ async fn secret_values_never_reach_metrics_or_logs() {
     let metrics = gw.metrics().await;
     drop(s);
     gw.running.shutdown().await;
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     // The capture works: the writes were logged, by name and fingerprint.
     assert!(
         logs.contains("secret stored") && logs.contains("github"),
@@ -375,7 +300,13 @@ async fn secret_values_never_reach_metrics_or_logs() {
 #[tokio::test]
 async fn exec_relay_pairs_and_forwards_frames_with_limits() {
     let gw = Gw::start(&["--exec-max-per-sandbox", "1"]).await;
-    put(&gw.admin(), "/v1/policies/web", &policy("v1")).await;
+    put_secret(&gw, "github", SECRET_V1).await;
+    assert_eq!(
+        put(&gw.admin(), "/v1/policies/web", &policy("v1"))
+            .await
+            .status,
+        200
+    );
     let (id, token) = gw.sandbox_with_token(Some("web")).await;
 
     // No session yet: 409 sandbox_not_connected.

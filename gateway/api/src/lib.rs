@@ -90,7 +90,8 @@ pub struct SandboxSpec {
     pub uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
-    /// Name of the policy (see `PUT /v1/policies/{name}`) this sandbox runs under.
+    /// Name of the policy (see `PUT /v1/policies/{name}`) this sandbox runs
+    /// under: a policy of the sandbox's own namespace or a cluster-wide one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
@@ -177,6 +178,14 @@ pub struct WorkloadTokenResponse {
 #[serde(rename_all = "camelCase")]
 pub struct StoredPolicy {
     pub name: String,
+    /// The namespace the policy belongs to; absent for a cluster-wide policy
+    /// (written only by admins, usable by sandboxes of every namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
+    pub namespace: Option<String>,
     /// Store-wide, strictly increasing with every write.
     pub revision: u64,
     pub etag: String,

@@ -94,18 +94,48 @@ pub struct CredentialBinding {
 }
 
 /// `PUT /v1/secrets/{name}` request body: key → value (1 to 64 keys, each
-/// name at most 253 bytes).
+/// name at most 253 bytes) and the secret's allowance — who may use it and
+/// where it may be sent. A secret with an empty allowance is usable by no
+/// policy (the secure default): the policy must be allowed (by its namespace
+/// or by name) AND every host and port its credential is bound to must be
+/// allowed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretWrite {
     #[schemars(extend("minProperties" = 1, "maxProperties" = 64))]
     pub data: BTreeMap<String, String>,
+    /// Namespaces whose policies may use the secret (each a DNS label).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))
+    )]
+    pub allowed_namespaces: Vec<String>,
+    /// Policies that may use the secret: `NAME` for a cluster-wide policy,
+    /// `NAMESPACE/NAME` for a policy of that namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+        ))
+    )]
+    pub allowed_policies: Vec<String>,
+    /// Where the secret may be sent: `HOST` (any port) or `HOST:PORT`, HOST a
+    /// policy host pattern (`api.github.com`, `*.example.com`, an IP literal,
+    /// `[2001:db8::1]:443`), matched like policy hosts (`*.` is one label).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 260)))]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl fmt::Debug for SecretWrite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretWrite")
             .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("allowed_namespaces", &self.allowed_namespaces)
+            .field("allowed_policies", &self.allowed_policies)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +154,15 @@ pub struct SecretKeyInfo {
 pub struct SecretInfo {
     pub name: String,
     pub keys: Vec<SecretKeyInfo>,
+    /// Namespaces whose policies may use the secret.
+    #[serde(default)]
+    pub allowed_namespaces: Vec<String>,
+    /// Policies that may use it (`NAME` cluster-wide, `NAMESPACE/NAME`).
+    #[serde(default)]
+    pub allowed_policies: Vec<String>,
+    /// Where it may be sent (`HOST` or `HOST:PORT`).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Store revision of the last write.
     pub revision: u64,
     pub updated_at: u64,
@@ -181,6 +220,9 @@ mod tests {
         assert!(dbg.contains("*.example.com"), "{dbg}");
         let write = SecretWrite {
             data: BTreeMap::from([("token".to_string(), "hunter2-secret".to_string())]),
+            allowed_namespaces: vec![],
+            allowed_policies: vec![],
+            allowed_hosts: vec!["api.example.com:443".into()],
         };
         let dbg = format!("{write:?}");
         assert!(!dbg.contains("hunter2") && dbg.contains("token"), "{dbg}");

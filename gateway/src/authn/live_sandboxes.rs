@@ -22,7 +22,8 @@ use palisade_api::{Sandbox, StoredPolicy};
 
 use crate::principal::SandboxId;
 use crate::store::{
-    BootstrapLookup, BootstrapRecord, KeyMeta, Precondition, SecretRecord, Store, StoreError,
+    BootstrapLookup, BootstrapRecord, KeyMeta, Precondition, SecretAllowance, SecretRecord, Store,
+    StoreError,
 };
 
 /// A [`Store`] that also knows, from memory, which sandboxes exist.
@@ -122,11 +123,13 @@ impl Store for LiveSandboxStore {
     fn put_policy_if(
         &self,
         name: &str,
+        namespace: Option<&str>,
         document: &str,
         now: u64,
         precondition: &Precondition,
     ) -> Result<Result<StoredPolicy, Option<String>>, StoreError> {
-        self.inner.put_policy_if(name, document, now, precondition)
+        self.inner
+            .put_policy_if(name, namespace, document, now, precondition)
     }
 
     fn get_policy(&self, name: &str) -> Result<Option<StoredPolicy>, StoreError> {
@@ -149,9 +152,10 @@ impl Store for LiveSandboxStore {
         &self,
         name: &str,
         data: &BTreeMap<String, String>,
+        allowance: &SecretAllowance,
         now: u64,
     ) -> Result<SecretRecord, StoreError> {
-        self.inner.put_secret(name, data, now)
+        self.inner.put_secret(name, data, allowance, now)
     }
 
     fn get_secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError> {

@@ -1,5 +1,7 @@
 //! `palisade policy set|get --gateway URL`: store and fetch policies on a
 //! gateway. Merged into `palisade policy` beside the local `check`/`explain`.
+//! `set --namespace NS` stores the policy in namespace NS (without it: a
+//! cluster-wide policy, which only admins may write).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -19,6 +21,10 @@ pub enum RemotePolicyCommand {
         /// Policy file (YAML or JSON); `-` reads standard input.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Namespace the policy belongs to (its sandboxes' namespace); without
+        /// it the policy is cluster-wide (admin only). Fixed once created.
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -42,14 +48,29 @@ fn read(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn set(file: &PathBuf, remote: &Remote) -> anyhow::Result<()> {
+fn set(file: &PathBuf, namespace: Option<&str>, remote: &Remote) -> anyhow::Result<()> {
+    if let Some(ns) = namespace
+        && !palisade_gateway::handlers::valid_label(ns)
+    {
+        anyhow::bail!("--namespace `{ns}`: use 1-63 lowercase letters, digits and `-`");
+    }
     let bytes = read(file)?;
     // Validate locally first, for line:column errors and the name.
     let policy = palisade_policy::parse_policy(&bytes)
         .map_err(|e| anyhow::anyhow!("{}", e.render(&file.display().to_string())))?;
+    if let Some((path, message)) =
+        palisade_gateway::sessions::credentials::local_only_sources(&policy)
+            .into_iter()
+            .next()
+    {
+        anyhow::bail!("{}: {path}: {message}", file.display());
+    }
+    let query = namespace
+        .map(|ns| format!("?namespace={ns}"))
+        .unwrap_or_default();
     let answer = remote.call(
         Method::PUT,
-        &format!("/v1/policies/{}", policy.metadata.name),
+        &format!("/v1/policies/{}{query}", policy.metadata.name),
         Some("application/yaml"),
         Bytes::from(bytes),
     )?;
@@ -58,7 +79,11 @@ fn set(file: &PathBuf, remote: &Remote) -> anyhow::Result<()> {
 
 pub fn run(cmd: RemotePolicyCommand) -> ExitCode {
     let (name, result) = match &cmd {
-        RemotePolicyCommand::Set { file, remote } => ("policy set", set(file, remote)),
+        RemotePolicyCommand::Set {
+            file,
+            namespace,
+            remote,
+        } => ("policy set", set(file, namespace.as_deref(), remote)),
         RemotePolicyCommand::Get { name, remote } => (
             "policy get",
             remote

@@ -119,8 +119,9 @@ pub fn resolve_id(remote: &Remote, name_or_id: &str) -> anyhow::Result<String> {
     }
 }
 
-/// `--policy NAME|FILE` → the policy name, uploading the file first.
-fn policy_name(remote: &Remote, arg: &str) -> anyhow::Result<String> {
+/// `--policy NAME|FILE` → the policy name, uploading the file first (into
+/// the sandbox's `--namespace`, else cluster-wide).
+fn policy_name(remote: &Remote, arg: &str, namespace: Option<&str>) -> anyhow::Result<String> {
     let path = Path::new(arg);
     let looks_like_file = arg.contains('/')
         || arg.ends_with(".yaml")
@@ -133,9 +134,12 @@ fn policy_name(remote: &Remote, arg: &str) -> anyhow::Result<String> {
     let policy =
         palisade_policy::parse_policy(&bytes).map_err(|e| anyhow::anyhow!("{}", e.render(arg)))?;
     let name = policy.metadata.name.clone();
+    let query = namespace
+        .map(|ns| format!("?namespace={ns}"))
+        .unwrap_or_default();
     remote.call(
         Method::PUT,
-        &format!("/v1/policies/{name}"),
+        &format!("/v1/policies/{name}{query}"),
         Some("application/yaml"),
         Bytes::from(bytes),
     )?;
@@ -147,7 +151,7 @@ fn create(args: CreateArgs) -> anyhow::Result<()> {
     let policy = args
         .policy
         .as_deref()
-        .map(|p| policy_name(&args.remote, p))
+        .map(|p| policy_name(&args.remote, p, args.namespace.as_deref()))
         .transpose()?;
     let spec = SandboxSpec {
         name: args.name,

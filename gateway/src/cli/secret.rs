@@ -1,5 +1,7 @@
 //! `palisade secret set|list|delete`: secrets in the gateway store, which
-//! policies source with `from: {secret: {name, key}}`.
+//! policies source with `from: {secret: {name, key}}` — only the policies and
+//! hosts the secret's allowance names (`--allow-namespace`, `--allow-policy`,
+//! `--allow-host`; none: no policy may use it).
 //!
 //! Must never: take a value on the command line (it would land in shell
 //! history and `ps`), or print one — values come from files or environment
@@ -16,6 +18,8 @@ use http::Method;
 use palisade_api::session::{SecretInfo, SecretList, SecretWrite};
 
 use super::remote::{Remote, fail};
+use palisade_gateway::sessions::credentials::Allowance;
+use palisade_gateway::store::SecretAllowance;
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -41,6 +45,16 @@ pub struct SetArgs {
     /// KEY=VAR: the key's value is environment variable VAR (repeatable).
     #[arg(long = "from-env", value_name = "KEY=VAR", value_parser = parse_pair)]
     pub from_env: Vec<(String, String)>,
+    /// Policies of namespace NS may use the secret (repeatable).
+    #[arg(long = "allow-namespace", value_name = "NS")]
+    pub allow_namespace: Vec<String>,
+    /// This policy may use the secret: NAME (cluster-wide) or NS/NAME (repeatable).
+    #[arg(long = "allow-policy", value_name = "[NS/]NAME")]
+    pub allow_policy: Vec<String>,
+    /// The secret may be sent to HOST (any port) or HOST:PORT; HOST as in
+    /// policies (`api.github.com`, `*.example.com`, `[2001:db8::1]:443`) (repeatable).
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    pub allow_host: Vec<String>,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -93,11 +107,51 @@ fn show(info: &SecretInfo) {
     for k in &info.keys {
         println!("  {}  {}", k.key, k.fingerprint);
     }
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "-".to_owned()
+        } else {
+            l.join(", ")
+        }
+    };
+    println!("  allowed namespaces: {}", list(&info.allowed_namespaces));
+    println!("  allowed policies:   {}", list(&info.allowed_policies));
+    println!("  allowed hosts:      {}", list(&info.allowed_hosts));
+}
+
+/// The allowance flags, checked here for a clear error before anything is sent.
+fn allowance(args: &SetArgs) -> anyhow::Result<SecretAllowance> {
+    let allowance = SecretAllowance {
+        namespaces: args.allow_namespace.clone(),
+        policies: args.allow_policy.clone(),
+        hosts: args.allow_host.clone(),
+    };
+    Allowance::parse(&allowance).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.replace("allowedNamespaces", "--allow-namespace")
+                .replace("allowedPolicies", "--allow-policy")
+                .replace("allowedHosts", "--allow-host")
+        )
+    })?;
+    Ok(allowance)
 }
 
 fn set(args: &SetArgs) -> anyhow::Result<()> {
+    let allowance = allowance(args)?;
+    let who = !allowance.namespaces.is_empty() || !allowance.policies.is_empty();
+    if !who || allowance.hosts.is_empty() {
+        eprintln!(
+            "note: no policy can use secret {} until it has --allow-namespace or --allow-policy \
+             AND --allow-host (set it again with them)",
+            args.name
+        );
+    }
     let body = serde_json::to_vec(&SecretWrite {
         data: collect(args)?,
+        allowed_namespaces: allowance.namespaces,
+        allowed_policies: allowance.policies,
+        allowed_hosts: allowance.hosts,
     })
     .context("cannot encode the secret")?;
     let answer = args.remote.call(

@@ -6,7 +6,11 @@
 //! each other), `palisade-sidecar init` as root in the namespace, then
 //! `palisade-sidecar run` as UID/GID 1337 and `palisade-shim -- CMD` as UID/GID
 //! 1000, both through `ip netns exec` + `setpriv` with no supplementary
-//! groups, every capability set cleared and `no_new_privs`.
+//! groups, every capability set cleared and `no_new_privs`. Each of the two
+//! runs in a PID namespace of its own with its own `/proc` (`unshare --pid
+//! --fork --mount-proc --kill-child`, as root before the UID change): an agent
+//! sees its own processes and nothing else — not its sidecar's command line,
+//! not another sandbox's.
 //!
 //! Development mode (not root): no namespace, no UID change; each sidecar
 //! gets its own loopback ports and the agent gets `HTTP(S)_PROXY` pointing at
@@ -548,6 +552,20 @@ impl LocalDriver {
     ) -> Result<Proc, DriverError> {
         let mut argv: Vec<OsString> = Vec::new();
         if let Some(ns) = ns {
+            // A PID namespace of its own (the program is its PID 1) and a /proc that shows
+            // only it; unshare stays behind as root in the host namespaces, waits, passes
+            // the exit status on, and takes the tree down with it if it is killed.
+            argv.extend(
+                [
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "--kill-child=SIGKILL",
+                    "--",
+                ]
+                .map(OsString::from),
+            );
             argv.extend(["ip", "netns", "exec", ns].map(OsString::from));
             argv.extend(
                 [
@@ -760,6 +778,7 @@ fn preflight(c: &LocalDriverConfig) -> Result<(), DriverError> {
         ("ip", "iproute2"),
         ("bridge", "iproute2"),
         ("setpriv", "util-linux"),
+        ("unshare", "util-linux"),
     ] {
         if which(tool).is_none() {
             return Err(DriverError::failed(format!(

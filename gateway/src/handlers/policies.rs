@@ -1,6 +1,13 @@
-//! Policies: `PUT /v1/policies/{name}` (validated by the policy crate, errors
-//! with field paths), `GET /v1/policies/{name}`, and the sidecar's
+//! Policies: `PUT /v1/policies/{name}[?namespace=NS]` (validated by the
+//! policy crate, errors with field paths; then the gateway's own rules: no
+//! `file`/`env` credential sources, and every secret it names must allow it),
+//! `GET /v1/policies/{name}`, and the sidecar's
 //! `GET /v1/sandboxes/{id}/policy?wait=30s&revision=N` long-poll.
+//!
+//! A policy belongs to a namespace or is cluster-wide (no `namespace`:
+//! written only by admins, readable and usable by every namespace). Names are
+//! one key space; a policy's namespace is fixed when it is created. A sandbox
+//! is served only a policy of its own namespace or a cluster-wide one.
 
 use std::time::Duration;
 
@@ -12,7 +19,12 @@ use super::sandboxes::visible_sandbox;
 use super::{Ctx, HandlerResult, valid_label};
 use crate::config::{MAX_LONG_POLL, parse_duration};
 use crate::http::{ApiError, Request, Response, json, read_body};
-use crate::store::Precondition;
+use crate::routes::authorize_namespace;
+use crate::sessions::credentials;
+use crate::store::{Precondition, policy_usable_by};
+
+/// Attempts at an unconditional write that races other writers of the same policy.
+const WRITE_ATTEMPTS: usize = 3;
 
 fn policy_answer(policy: &StoredPolicy) -> Response {
     let mut resp = json(StatusCode::OK, policy);
@@ -23,28 +35,85 @@ fn policy_answer(policy: &StoredPolicy) -> Response {
 }
 
 fn invalid(errors: &PolicyErrors) -> Response {
+    let field_errors = errors
+        .0
+        .iter()
+        .map(|e| FieldError {
+            path: e.path.clone(),
+            line: e.location.map(|(l, _)| l),
+            column: e.location.map(|(_, c)| c),
+            message: e.message.clone(),
+        })
+        .collect();
+    refused(
+        "invalid_policy",
+        format!(
+            "the policy has {} error(s); fix them (see `errors`) and resubmit",
+            errors.0.len()
+        ),
+        field_errors,
+    )
+}
+
+/// A 422 with one [`FieldError`] per problem.
+fn refused(code: &str, reason: String, errors: Vec<FieldError>) -> Response {
     let body = InvalidPolicyBody {
         error: ErrorBody {
-            error: "invalid_policy".to_owned(),
+            error: code.to_owned(),
             rule: None,
-            reason: format!(
-                "the policy has {} error(s); fix them (see `errors`) and resubmit",
-                errors.0.len()
-            ),
+            reason,
             host: None,
         },
-        errors: errors
-            .0
-            .iter()
-            .map(|e| FieldError {
-                path: e.path.clone(),
-                line: e.location.map(|(l, _)| l),
-                column: e.location.map(|(_, c)| c),
-                message: e.message.clone(),
-            })
-            .collect(),
+        errors,
     };
     json(StatusCode::UNPROCESSABLE_ENTITY, &body)
+}
+
+fn field(path: String, message: String) -> FieldError {
+    FieldError {
+        path,
+        line: None,
+        column: None,
+        message,
+    }
+}
+
+/// `?namespace=NS` of a policy write (absent: cluster-wide).
+fn namespace_query(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut namespace = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("namespace", v)) if valid_label(v) && namespace.is_none() => {
+                namespace = Some(v.to_owned());
+            }
+            Some(("namespace", v)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "namespace `{v}`: give it once, as 1-63 lowercase letters, digits and `-`"
+                    ),
+                ));
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "the only query parameter of a policy write is namespace=NS",
+                ));
+            }
+        }
+    }
+    Ok(namespace)
+}
+
+/// The refusal for writing into `namespace` when the principal may not.
+fn may_not_write(namespace: Option<&str>) -> ApiError {
+    match namespace {
+        None => ApiError::forbidden(
+            "only an admin may write a cluster-wide policy; write it into one of your \
+             namespaces (?namespace=NS, `palisade policy set --namespace NS`)",
+        ),
+        Some(ns) => ApiError::forbidden(format!("you may not write policies of namespace `{ns}`")),
+    }
 }
 
 fn name_param(ctx: &Ctx) -> Result<String, ApiError> {
@@ -79,9 +148,69 @@ fn precondition(headers: &http::HeaderMap) -> Result<Precondition, ApiError> {
     }
 }
 
+fn precondition_failed(current: Option<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        match current {
+            Some(etag) => format!(
+                "the policy changed (its ETag is now {etag}); GET it, reapply your change, and retry"
+            ),
+            None => "the policy does not exist (If-Match needs an existing policy)".to_owned(),
+        },
+    )
+}
+
+/// Whether the caller may replace `current` (the stored version of policy
+/// `name`, if any) with a policy of `namespace`: it must manage the current
+/// version's namespace (403), and the namespace must not change (409).
+fn may_replace(
+    ctx: &Ctx,
+    name: &str,
+    namespace: Option<&str>,
+    current: Option<&StoredPolicy>,
+) -> Result<(), ApiError> {
+    let Some(cur) = current else {
+        return Ok(());
+    };
+    if !authorize_namespace(ctx.matched.route, &ctx.principal, cur.namespace.as_deref()) {
+        return Err(ApiError::forbidden(format!(
+            "policy `{name}` exists and you may not change it (it is {}); choose another name",
+            match &cur.namespace {
+                None => "cluster-wide: admin only",
+                Some(_) => "in a namespace you do not manage",
+            }
+        )));
+    }
+    if cur.namespace.as_deref() != namespace {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "policy_namespace_conflict",
+            format!(
+                "policy `{name}` belongs to {}; a policy's namespace is fixed when it is \
+                 created: write it {}",
+                match &cur.namespace {
+                    None => "no namespace (it is cluster-wide)".to_owned(),
+                    Some(ns) => format!("namespace `{ns}`"),
+                },
+                match &cur.namespace {
+                    None => "without ?namespace".to_owned(),
+                    Some(ns) => format!("with ?namespace={ns}"),
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn put(ctx: &Ctx, req: Request) -> HandlerResult {
     let name = name_param(ctx)?;
+    let namespace = namespace_query(req.uri().query())?;
     let precondition = precondition(req.headers())?;
+    let route = ctx.matched.route;
+    if !authorize_namespace(route, &ctx.principal, namespace.as_deref()) {
+        return Err(may_not_write(namespace.as_deref()));
+    }
     let bytes = read_body(req.into_body()).await?;
     let policy = match parse_policy(&bytes) {
         Ok(p) => p,
@@ -97,31 +226,82 @@ pub async fn put(ctx: &Ctx, req: Request) -> HandlerResult {
             ),
         })));
     }
+    let local_only = credentials::local_only_sources(&policy);
+    if !local_only.is_empty() {
+        return Ok(refused(
+            "invalid_policy",
+            format!(
+                "the policy has {} credential source(s) a gateway-delivered policy may not use \
+                 (see `errors`)",
+                local_only.len()
+            ),
+            local_only.into_iter().map(|(p, m)| field(p, m)).collect(),
+        ));
+    }
     let document = String::from_utf8(bytes.to_vec())
         .map_err(|_| ApiError::bad_request("invalid_policy", "the policy is not UTF-8"))?;
-    let now = crate::fsutil::now();
-    let stored = match ctx
-        .store(move |s| s.put_policy_if(&name, &document, now, &precondition))
-        .await?
-    {
-        Ok(stored) => stored,
-        Err(current) => {
-            return Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
-                match current {
-                    Some(etag) => format!(
-                        "the policy changed (its ETag is now {etag}); GET it, reapply your change, and retry"
-                    ),
-                    None => {
-                        "the policy does not exist (If-Match needs an existing policy)".to_owned()
-                    }
-                },
-            ));
+    // Who may write it comes before what it says (checked again at the write).
+    let lookup = name.clone();
+    let mut current = ctx.store(move |s| s.get_policy(&lookup)).await?;
+    may_replace(ctx, &name, namespace.as_deref(), current.as_ref())?;
+    // Every secret it names must allow this policy and every host it binds.
+    let policy = std::sync::Arc::new(policy);
+    let (checked, ns) = (policy.clone(), namespace.clone());
+    let problems = ctx
+        .store(move |s| credentials::check_policy(&checked, ns.as_deref(), s))
+        .await?;
+    if !problems.is_empty() {
+        let reason = problems
+            .iter()
+            .map(|(_, r)| r.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::info!(policy = %name, namespace = ?namespace, by = %ctx.principal.subject(),
+            refusals = problems.len(), "policy refused: secrets do not allow it");
+        return Ok(refused(
+            "secret_not_allowed",
+            reason,
+            problems
+                .into_iter()
+                .map(|(p, r)| field(p, r.to_string()))
+                .collect(),
+        ));
+    }
+    let mut attempt = 0;
+    let stored = loop {
+        attempt += 1;
+        if attempt > 1 {
+            let lookup = name.clone();
+            current = ctx.store(move |s| s.get_policy(&lookup)).await?;
+            may_replace(ctx, &name, namespace.as_deref(), current.as_ref())?;
+        }
+        let current_etag = current.as_ref().map(|c| c.etag.clone());
+        if !precondition.holds(current_etag.as_deref()) {
+            return Err(precondition_failed(current_etag));
+        }
+        // What was checked above is what gets replaced, or nothing is written.
+        let guard = match current_etag {
+            Some(etag) => Precondition::IfMatch(etag),
+            None => Precondition::IfNoneMatchAny,
+        };
+        let (n, ns, doc, now) = (
+            name.clone(),
+            namespace.clone(),
+            document.clone(),
+            crate::fsutil::now(),
+        );
+        match ctx
+            .store(move |s| s.put_policy_if(&n, ns.as_deref(), &doc, now, &guard))
+            .await?
+        {
+            Ok(stored) => break stored,
+            // Someone wrote it in between: an unconditional write checks again.
+            Err(_) if precondition == Precondition::None && attempt < WRITE_ATTEMPTS => continue,
+            Err(current) => return Err(precondition_failed(current)),
         }
     };
     ctx.state.policy_revision.send_replace(stored.revision);
-    tracing::info!(policy = %stored.name, revision = stored.revision, by = %ctx.principal.subject(), "policy stored");
+    tracing::info!(policy = %stored.name, namespace = ?stored.namespace, revision = stored.revision, by = %ctx.principal.subject(), "policy stored");
     Ok(policy_answer(&stored))
 }
 
@@ -130,6 +310,7 @@ pub async fn get(ctx: &Ctx) -> HandlerResult {
     let policy = ctx
         .store(move |s| s.get_policy(&name))
         .await?
+        .filter(|p| authorize_namespace(ctx.matched.route, &ctx.principal, p.namespace.as_deref()))
         .ok_or_else(|| ApiError::not_found("policy not found"))?;
     Ok(policy_answer(&policy))
 }
@@ -182,6 +363,15 @@ pub async fn for_sandbox(ctx: &Ctx, req: Request) -> HandlerResult {
             .store(move |s| s.get_policy(&lookup))
             .await?
             .ok_or_else(|| ApiError::not_found(format!("policy `{name}` does not exist yet")))?;
+        if !policy_usable_by(
+            policy.namespace.as_deref(),
+            sandbox.spec.namespace.as_deref(),
+        ) {
+            return Err(ApiError::not_found(format!(
+                "policy `{name}` is neither cluster-wide nor of this sandbox's namespace, so it \
+                 is not served to this sandbox"
+            )));
+        }
         let Some(seen) = query.revision else {
             return Ok(policy_answer(&policy));
         };
@@ -213,5 +403,24 @@ mod tests {
         assert_eq!(parse_query(Some("wait=x")).unwrap_err().status, 400);
         assert_eq!(parse_query(Some("revision=-1")).unwrap_err().status, 400);
         assert_eq!(parse_query(Some("foo=1")).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn namespace_query_parsing() {
+        assert_eq!(namespace_query(None).unwrap(), None);
+        assert_eq!(namespace_query(Some("")).unwrap(), None);
+        assert_eq!(
+            namespace_query(Some("namespace=ns-a")).unwrap().as_deref(),
+            Some("ns-a")
+        );
+        for bad in [
+            "namespace=",
+            "namespace=NS",
+            "namespace=a&namespace=b",
+            "ns=a",
+            "namespace",
+        ] {
+            assert_eq!(namespace_query(Some(bad)).unwrap_err().status, 400, "{bad}");
+        }
     }
 }

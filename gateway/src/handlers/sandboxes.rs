@@ -17,7 +17,8 @@ use super::{Ctx, HandlerResult, valid_label};
 use crate::driver::{Driver, DriverError, Launch};
 use crate::http::{ApiError, Request, json, read_json};
 use crate::principal::{Principal, SandboxId};
-use crate::store::BootstrapRecord;
+use crate::routes::{Route, authorize_namespace};
+use crate::store::{BootstrapRecord, policy_usable_by};
 
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_VALUE: usize = 253;
@@ -29,7 +30,7 @@ pub const LOG_NEXT_HEADER: &str = "palisade-log-next";
 /// Response header, once the agent has ended: how (`exited with status 0`).
 pub const LOG_AGENT_EXIT_HEADER: &str = "palisade-agent-exit";
 
-fn validate(spec: &SandboxSpec, principal: &Principal) -> Result<(), ApiError> {
+fn validate(spec: &SandboxSpec, route: &Route, principal: &Principal) -> Result<(), ApiError> {
     let bad = |reason: String| Err(ApiError::bad_request("invalid_sandbox", reason));
     if !valid_label(&spec.name) {
         return bad(format!(
@@ -71,12 +72,39 @@ fn validate(spec: &SandboxSpec, principal: &Principal) -> Result<(), ApiError> {
     if spec.command.first().is_some_and(String::is_empty) {
         return bad("command: the program name must not be empty".to_owned());
     }
-    if !principal.sees_namespace(spec.namespace.as_deref()) {
+    if !authorize_namespace(route, principal, spec.namespace.as_deref()) {
         return Err(ApiError::forbidden(
             "you may create sandboxes only in your own namespaces",
         ));
     }
     Ok(())
+}
+
+/// A sandbox may name only a policy of its own namespace or a cluster-wide
+/// one; a policy that does not exist yet is checked when it is served.
+async fn check_policy_usable(ctx: &Ctx, spec: &SandboxSpec) -> Result<(), ApiError> {
+    let Some(name) = spec.policy.clone() else {
+        return Ok(());
+    };
+    let lookup = name.clone();
+    let Some(policy) = ctx.store(move |s| s.get_policy(&lookup)).await? else {
+        return Ok(());
+    };
+    if policy_usable_by(policy.namespace.as_deref(), spec.namespace.as_deref()) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "policy_not_usable",
+        format!(
+            "policy `{name}` is neither cluster-wide nor of the sandbox's namespace{}; a sandbox \
+             runs only a policy of its own namespace or a cluster-wide one",
+            match &spec.namespace {
+                Some(ns) => format!(" (`{ns}`)"),
+                None => " (it has none)".to_owned(),
+            }
+        ),
+    ))
 }
 
 /// Path `{id}` → a sandbox the caller may see, or the one 404.
@@ -92,10 +120,11 @@ pub async fn visible_sandbox(ctx: &Ctx) -> Result<Sandbox, ApiError> {
         .store(move |s| s.get_sandbox(&id))
         .await?
         .ok_or_else(ApiError::sandbox_not_found)?;
-    if !ctx
-        .principal
-        .sees_namespace(sandbox.spec.namespace.as_deref())
-    {
+    if !authorize_namespace(
+        ctx.matched.route,
+        &ctx.principal,
+        sandbox.spec.namespace.as_deref(),
+    ) {
         return Err(ApiError::sandbox_not_found());
     }
     Ok(sandbox)
@@ -103,7 +132,8 @@ pub async fn visible_sandbox(ctx: &Ctx) -> Result<Sandbox, ApiError> {
 
 pub async fn create(ctx: &Ctx, req: Request) -> HandlerResult {
     let spec: SandboxSpec = read_json(req.into_body()).await?;
-    validate(&spec, &ctx.principal)?;
+    validate(&spec, ctx.matched.route, &ctx.principal)?;
+    check_policy_usable(ctx, &spec).await?;
     let now = crate::fsutil::now();
     let id = SandboxId::generate();
     let sandbox = Sandbox {
@@ -153,6 +183,7 @@ async fn start_runtime(
         Some(name) => ctx
             .store(move |s| s.get_policy(&name))
             .await?
+            .filter(|p| policy_usable_by(p.namespace.as_deref(), sandbox.spec.namespace.as_deref()))
             .map(|p| p.document),
         None => None,
     };
@@ -187,7 +218,13 @@ pub async fn get(ctx: &Ctx) -> HandlerResult {
 
 pub async fn list(ctx: &Ctx) -> HandlerResult {
     let mut sandboxes = ctx.store(|s| s.list_sandboxes()).await?;
-    sandboxes.retain(|s| ctx.principal.sees_namespace(s.spec.namespace.as_deref()));
+    sandboxes.retain(|s| {
+        authorize_namespace(
+            ctx.matched.route,
+            &ctx.principal,
+            s.spec.namespace.as_deref(),
+        )
+    });
     sandboxes.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(json(StatusCode::OK, &SandboxList { sandboxes }))
 }

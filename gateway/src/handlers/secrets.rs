@@ -1,7 +1,8 @@
 //! Secrets in the gateway store: `PUT /v1/secrets/{name}`, `GET /v1/secrets`,
 //! `DELETE /v1/secrets/{name}` (admin). Values go into the store and, through
-//! sessions, to the sidecars whose policies name them — nowhere else: answers
-//! and logs carry names, key names and SHA-256 fingerprints only.
+//! sessions, to the sidecars whose policies name them and that the secret's
+//! allowance admits — nowhere else: answers and logs carry names, key names,
+//! allowances and SHA-256 fingerprints only. No route answers a value.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,8 @@ use palisade_api::session::{SecretList, SecretWrite};
 
 use super::{Ctx, HandlerResult};
 use crate::http::{ApiError, Request, json, read_body};
+use crate::sessions::credentials::Allowance;
+use crate::store::SecretAllowance;
 
 /// Keys per secret.
 const MAX_KEYS: usize = 64;
@@ -29,12 +32,13 @@ fn name_param(ctx: &Ctx) -> Result<String, ApiError> {
 }
 
 /// Parse the body without ever quoting it back (it holds values).
-fn parse_write(bytes: &[u8]) -> Result<BTreeMap<String, String>, ApiError> {
+fn parse_write(bytes: &[u8]) -> Result<(BTreeMap<String, String>, SecretAllowance), ApiError> {
     let write: SecretWrite = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!(
-                "the body must be {{\"data\": {{\"KEY\": \"VALUE\", ...}}}} (error at line {}, column {})",
+                "the body must be {{\"data\": {{\"KEY\": \"VALUE\", ...}}, \"allowedNamespaces\": [...], \
+                 \"allowedPolicies\": [...], \"allowedHosts\": [...]}} (error at line {}, column {})",
                 e.line(),
                 e.column()
             ),
@@ -46,8 +50,15 @@ fn parse_write(bytes: &[u8]) -> Result<BTreeMap<String, String>, ApiError> {
             format!("a secret holds 1 to {MAX_KEYS} keys"),
         ));
     }
+    let allowance = SecretAllowance {
+        namespaces: write.allowed_namespaces,
+        policies: write.allowed_policies,
+        hosts: write.allowed_hosts,
+    };
+    // The allowance names namespaces, policies and hosts, never values.
+    Allowance::parse(&allowance).map_err(|e| ApiError::bad_request("invalid_secret", e))?;
     // Key names are free-form (the schema's); they are logged escaped (`?`).
-    Ok(write.data)
+    Ok((write.data, allowance))
 }
 
 pub async fn put(ctx: &Ctx, req: Request) -> HandlerResult {
@@ -57,14 +68,19 @@ pub async fn put(ctx: &Ctx, req: Request) -> HandlerResult {
             "secret names are 1-63 lowercase letters, digits and `-`",
         ));
     };
-    let data = parse_write(&read_body(req.into_body()).await?)?;
+    let (data, allowance) = parse_write(&read_body(req.into_body()).await?)?;
     let now = crate::fsutil::now();
-    let record = ctx.store(move |s| s.put_secret(&name, &data, now)).await?;
+    let record = ctx
+        .store(move |s| s.put_secret(&name, &data, &allowance, now))
+        .await?;
     let info = record.info();
     ctx.state.sessions.secrets_changed(record.revision);
     tracing::info!(
         secret = %info.name,
         keys = ?info.keys.iter().map(|k| format!("{}={}", k.key, k.fingerprint)).collect::<Vec<_>>(),
+        allowed_namespaces = ?info.allowed_namespaces,
+        allowed_policies = ?info.allowed_policies,
+        allowed_hosts = ?info.allowed_hosts,
         revision = info.revision,
         by = %ctx.principal.subject(),
         "secret stored"
@@ -104,8 +120,31 @@ mod tests {
         assert!(valid_name("github"));
         assert!(valid_name("gh-token-1"));
         assert!(!valid_name("-x") && !valid_name("X") && !valid_name("") && !valid_name("0.5"));
-        let ok = parse_write(br#"{"data":{"token":"v"}}"#).unwrap();
+        let (ok, none) = parse_write(br#"{"data":{"token":"v"}}"#).unwrap();
         assert_eq!(ok["token"], "v");
+        assert_eq!(
+            none,
+            SecretAllowance::default(),
+            "no allowance: usable by nobody"
+        );
+        let (_, a) = parse_write(
+            br#"{"data":{"token":"v"},"allowedNamespaces":["ns-a"],"allowedPolicies":["ns-a/web","ci"],"allowedHosts":["api.github.com:443","*.example.com"]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.namespaces, vec!["ns-a"]);
+        assert_eq!(a.policies, vec!["ns-a/web", "ci"]);
+        assert_eq!(a.hosts, vec!["api.github.com:443", "*.example.com"]);
+        let e =
+            parse_write(br#"{"data":{"token":"hunter2-value"},"allowedHosts":["*"]}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_secret");
+        assert!(
+            e.reason.contains("allowedHosts") && !e.reason.contains("hunter2"),
+            "{e:?}"
+        );
+        let e = parse_write(br#"{"data":{"token":"hunter2-value"},"allowedNamespace":["x"]}"#)
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_json", "unknown fields are refused");
+        assert!(!e.reason.contains("hunter2"), "{e:?}");
         let e = parse_write(br#"{"data":{"token":5}}"#).unwrap_err();
         assert_eq!(e.status, 400);
         let e = parse_write(br#"{"data":{"token":"hunter2-value", "x": 1}}"#).unwrap_err();

@@ -134,6 +134,12 @@ pub async fn workload(ctx: &Ctx, req: crate::http::Request) -> HandlerResult {
     let stored = ctx
         .store(move |s| s.get_policy(&name))
         .await?
+        .filter(|p| {
+            crate::store::policy_usable_by(
+                p.namespace.as_deref(),
+                sandbox.spec.namespace.as_deref(),
+            )
+        })
         .ok_or_else(refuse)?;
     // Stored policies were validated on write; re-parse the exact revision.
     let policy = palisade_policy::parse_policy(stored.document.as_bytes())

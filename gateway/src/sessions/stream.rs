@@ -2,6 +2,11 @@
 //! they change, heartbeats, and relay requests, as NDJSON on a response body
 //! that ends only when the sidecar goes away, the sandbox is deleted, or the
 //! gateway shuts down.
+//!
+//! Only a policy of the sandbox's own namespace or a cluster-wide one is
+//! delivered; credentials are re-resolved against the secrets' allowances on
+//! every change, and one withheld is logged and audited by name and
+//! fingerprint (`credential_withheld`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -73,8 +78,17 @@ fn load(state: &AppState, sandbox: &SandboxId) -> Result<Current, StoreError> {
     let Some(stored) = store.get_policy(&name)? else {
         return Ok(Current::NoPolicy);
     };
+    if !crate::store::policy_usable_by(
+        stored.namespace.as_deref(),
+        record.spec.namespace.as_deref(),
+    ) {
+        tracing::warn!(sandbox = %sandbox, policy = %name, policy_namespace = ?stored.namespace,
+            sandbox_namespace = ?record.spec.namespace,
+            "policy not delivered: it is neither cluster-wide nor of the sandbox's namespace");
+        return Ok(Current::NoPolicy);
+    }
     let resolved = match palisade_policy::parse_policy(stored.document.as_bytes()) {
-        Ok(policy) => credentials::resolve(&policy, store)?,
+        Ok(policy) => credentials::resolve(&policy, stored.namespace.as_deref(), store)?,
         Err(errors) => {
             tracing::error!(policy = %name, errors = errors.0.len(), "stored policy no longer parses; delivering no credentials");
             Resolved::default()
@@ -171,6 +185,36 @@ async fn run(
                                     key = %m.key,
                                     "credential omitted: the secret or key does not exist; \
                                      create it with `palisade secret set`"
+                                );
+                            }
+                            for w in &resolved.withheld {
+                                let reasons = w
+                                    .reasons
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join("; ");
+                                tracing::warn!(
+                                    sandbox = %sandbox,
+                                    credential = %w.credential,
+                                    secret = %w.secret,
+                                    key = %w.key,
+                                    fingerprint = %w.fingerprint,
+                                    reasons = %reasons,
+                                    "credential withheld: the secret's allowance does not cover \
+                                     this policy or where it would be sent"
+                                );
+                                tracing::info!(
+                                    target: "palisade_audit",
+                                    event = "credential_withheld",
+                                    sandbox = %sandbox,
+                                    policy_revision = revision,
+                                    credential = %w.credential,
+                                    secret = %w.secret,
+                                    key = %w.key,
+                                    fingerprint = %w.fingerprint,
+                                    reasons = %reasons,
+                                    "audit event"
                                 );
                             }
                             let event = SessionEvent::Credentials {

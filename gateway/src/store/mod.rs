@@ -43,11 +43,29 @@ pub struct KeyMeta {
     pub verify_until: Option<u64>,
 }
 
+/// Who may use a secret and where it may be sent, as the admin wrote it
+/// (validated on write; parsed by [`crate::sessions::credentials::Allowance`]).
+/// Empty (also for secrets stored before allowances existed): usable by no policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretAllowance {
+    /// Namespaces whose policies may use the secret.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Policies that may use it: `NAME` (cluster-wide) or `NAMESPACE/NAME`.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// `HOST` or `HOST:PORT` the secret may be sent to.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
 /// A stored secret: key → value, with a store-wide secret revision.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretRecord {
     pub name: String,
     pub data: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub allowance: SecretAllowance,
     pub revision: u64,
     pub updated_at: u64,
 }
@@ -57,6 +75,7 @@ impl std::fmt::Debug for SecretRecord {
         f.debug_struct("SecretRecord")
             .field("name", &self.name)
             .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("allowance", &self.allowance)
             .field("revision", &self.revision)
             .finish_non_exhaustive()
     }
@@ -75,6 +94,9 @@ impl SecretRecord {
                     fingerprint: fingerprint(value),
                 })
                 .collect(),
+            allowed_namespaces: self.allowance.namespaces.clone(),
+            allowed_policies: self.allowance.policies.clone(),
+            allowed_hosts: self.allowance.hosts.clone(),
             revision: self.revision,
             updated_at: self.updated_at,
         }
@@ -136,18 +158,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Delete a sandbox and every bootstrap token of it; false if it did not exist.
     fn delete_sandbox(&self, id: &SandboxId) -> Result<bool, StoreError>;
 
-    /// Store a (validated) policy document under a new store-wide revision.
+    /// Store a (validated) cluster-wide policy document under a new store-wide revision.
     fn put_policy(&self, name: &str, document: &str, now: u64) -> Result<StoredPolicy, StoreError> {
-        match self.put_policy_if(name, document, now, &Precondition::None)? {
+        match self.put_policy_if(name, None, document, now, &Precondition::None)? {
             Ok(stored) => Ok(stored),
             Err(_) => Err(StoreError::Backend("unconditional write refused".into())),
         }
     }
-    /// Like `put_policy`, but only if `precondition` holds, checked in the
-    /// same transaction; `Ok(Err(current_etag))` when it does not.
+    /// Store a policy of `namespace` (`None`: cluster-wide) only if
+    /// `precondition` holds, checked in the same transaction;
+    /// `Ok(Err(current_etag))` when it does not. Policy names are one
+    /// key space across namespaces.
     fn put_policy_if(
         &self,
         name: &str,
+        namespace: Option<&str>,
         document: &str,
         now: u64,
         precondition: &Precondition,
@@ -162,11 +187,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Remove expired bootstrap tokens; returns how many.
     fn prune_bootstrap(&self, now: u64) -> Result<usize, StoreError>;
 
-    /// Create or replace a secret under a new store-wide secret revision.
+    /// Create or replace a secret and its allowance under a new store-wide
+    /// secret revision.
     fn put_secret(
         &self,
         name: &str,
         data: &std::collections::BTreeMap<String, String>,
+        allowance: &SecretAllowance,
         now: u64,
     ) -> Result<SecretRecord, StoreError>;
     fn get_secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError>;
@@ -177,6 +204,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn list_keys(&self) -> Result<Vec<KeyMeta>, StoreError>;
     /// Replace the whole key metadata set in one transaction.
     fn replace_keys(&self, keys: &[KeyMeta]) -> Result<(), StoreError>;
+}
+
+/// Whether a sandbox of `sandbox_ns` may run a policy of `policy_ns`: one of
+/// its own namespace, or a cluster-wide one (`None`). A sandbox without a
+/// namespace runs only cluster-wide policies.
+pub fn policy_usable_by(policy_ns: Option<&str>, sandbox_ns: Option<&str>) -> bool {
+    policy_ns.is_none() || policy_ns == sandbox_ns
 }
 
 /// `"r<revision>-<first 16 hex of sha256(document)>"`, quoted as an HTTP ETag.

@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BootstrapLookup, BootstrapRecord, KeyMeta, Precondition, SecretRecord, Store, StoreError, etag,
+    BootstrapLookup, BootstrapRecord, KeyMeta, Precondition, SecretAllowance, SecretRecord, Store,
+    StoreError, etag,
 };
 use crate::principal::SandboxId;
 
@@ -158,6 +159,7 @@ impl Store for RedbStore {
     fn put_policy_if(
         &self,
         name: &str,
+        namespace: Option<&str>,
         document: &str,
         now: u64,
         precondition: &Precondition,
@@ -184,6 +186,7 @@ impl Store for RedbStore {
             meta.insert(POLICY_REVISION, revision).map_err(backend)?;
             stored = StoredPolicy {
                 name: name.to_owned(),
+                namespace: namespace.map(str::to_owned),
                 revision,
                 etag: etag(revision, document),
                 document: document.to_owned(),
@@ -247,6 +250,7 @@ impl Store for RedbStore {
         &self,
         name: &str,
         data: &std::collections::BTreeMap<String, String>,
+        allowance: &SecretAllowance,
         now: u64,
     ) -> Result<SecretRecord, StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
@@ -263,6 +267,7 @@ impl Store for RedbStore {
             record = SecretRecord {
                 name: name.to_owned(),
                 data: data.clone(),
+                allowance: allowance.clone(),
                 revision,
                 updated_at: now,
             };
@@ -381,7 +386,7 @@ mod tests {
         let current = s.get_policy("c").unwrap().unwrap().etag;
         let stale = Precondition::IfMatch("\"r1-0\"".into());
         assert_eq!(
-            s.put_policy_if("c", "y", 9, &stale).unwrap(),
+            s.put_policy_if("c", None, "y", 9, &stale).unwrap(),
             Err(Some(current.clone()))
         );
         assert_eq!(
@@ -391,15 +396,32 @@ mod tests {
         );
         let fresh = Precondition::IfMatch(current);
         assert_eq!(
-            s.put_policy_if("c", "y", 9, &fresh)
+            s.put_policy_if("c", None, "y", 9, &fresh)
                 .unwrap()
                 .unwrap()
                 .revision,
             5
         );
         let create_only = Precondition::IfNoneMatchAny;
-        assert!(s.put_policy_if("c", "z", 9, &create_only).unwrap().is_err());
-        assert!(s.put_policy_if("d", "z", 9, &create_only).unwrap().is_ok());
+        assert!(
+            s.put_policy_if("c", None, "z", 9, &create_only)
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            s.put_policy_if("d", Some("ns-a"), "z", 9, &create_only)
+                .unwrap()
+                .is_ok()
+        );
+        assert_eq!(
+            s.get_policy("d").unwrap().unwrap().namespace.as_deref(),
+            Some("ns-a")
+        );
+        assert_eq!(
+            s.get_policy("c").unwrap().unwrap().namespace,
+            None,
+            "cluster-wide"
+        );
         assert!(matches!(
             s.lookup_bootstrap("h1", 50).unwrap(),
             BootstrapLookup::Valid(_)
@@ -457,10 +479,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open(dir.path()).unwrap();
         let data = std::collections::BTreeMap::from([("token".to_owned(), "s3cr3t".to_owned())]);
-        let a = s.put_secret("gh", &data, 1).unwrap();
-        let b = s.put_secret("gh", &data, 2).unwrap();
+        let allowance = SecretAllowance {
+            namespaces: vec!["ns-a".into()],
+            policies: vec![],
+            hosts: vec!["api.github.com:443".into()],
+        };
+        let a = s
+            .put_secret("gh", &data, &SecretAllowance::default(), 1)
+            .unwrap();
+        let b = s.put_secret("gh", &data, &allowance, 2).unwrap();
         assert!(b.revision > a.revision);
         assert_eq!(s.get_secret("gh").unwrap().unwrap().data["token"], "s3cr3t");
+        assert_eq!(s.get_secret("gh").unwrap().unwrap().allowance, allowance);
+        assert_eq!(
+            b.info().allowed_hosts,
+            vec!["api.github.com:443".to_owned()]
+        );
         assert!(!format!("{b:?}").contains("s3cr3t"));
         let info = b.info();
         assert_eq!(info.keys[0].key, "token");
@@ -469,6 +503,13 @@ mod tests {
         assert!(s.delete_secret("gh").unwrap());
         assert!(!s.delete_secret("gh").unwrap());
         assert!(s.get_secret("gh").unwrap().is_none());
+    }
+
+    #[test]
+    fn secrets_stored_before_allowances_existed_allow_nothing() {
+        let old = br#"{"name":"gh","data":{"token":"v"},"revision":3,"updated_at":1}"#;
+        let record = decode_secret("gh", old).unwrap();
+        assert_eq!(record.allowance, SecretAllowance::default());
     }
 
     #[test]

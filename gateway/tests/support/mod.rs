@@ -86,9 +86,21 @@ impl Gw {
 
     /// Create a sandbox; returns (id, bootstrap token).
     pub async fn create_sandbox(&self, policy: Option<&str>) -> (String, String) {
+        self.create_sandbox_in(None, policy).await
+    }
+
+    /// Create a sandbox (as admin) in `namespace`; returns (id, bootstrap token).
+    pub async fn create_sandbox_in(
+        &self,
+        namespace: Option<&str>,
+        policy: Option<&str>,
+    ) -> (String, String) {
         let mut spec = serde_json::json!({ "name": "demo" });
         if let Some(p) = policy {
             spec["policy"] = p.into();
+        }
+        if let Some(ns) = namespace {
+            spec["namespace"] = ns.into();
         }
         let a = post_json(&self.admin(), "/v1/sandboxes", &spec).await;
         assert_eq!(a.status, 201, "{:?}", a.body);
@@ -101,7 +113,16 @@ impl Gw {
 
     /// Create a sandbox and exchange its bootstrap token; returns (id, jwt).
     pub async fn sandbox_with_token(&self, policy: Option<&str>) -> (String, String) {
-        let (id, bootstrap) = self.create_sandbox(policy).await;
+        self.sandbox_with_token_in(None, policy).await
+    }
+
+    /// Create a sandbox in `namespace` and exchange its bootstrap token; returns (id, jwt).
+    pub async fn sandbox_with_token_in(
+        &self,
+        namespace: Option<&str>,
+        policy: Option<&str>,
+    ) -> (String, String) {
+        let (id, bootstrap) = self.create_sandbox_in(namespace, policy).await;
         let a = post(&self.client(Some(&bootstrap)), "/v1/token:issue").await;
         assert_eq!(a.status, 200, "{:?}", a.body);
         (id, a.json().unwrap()["token"].as_str().unwrap().to_owned())
@@ -272,4 +293,204 @@ pub fn localhost_tls(alpn: &[&[u8]]) -> (rustls::ServerConfig, String) {
     .unwrap();
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     (tls, ca_cert.pem())
+}
+
+/// An OIDC issuer for tests: one Ed25519 key whose public half the gateway
+/// reads from a PEM file (`--oidc-jwks-file`), tokens signed with real crypto.
+pub struct Idp {
+    encoding: jsonwebtoken::EncodingKey,
+    pub pem_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub const IDP_ISSUER: &str = "https://idp.test";
+pub const IDP_AUDIENCE: &str = "palisade";
+
+impl Idp {
+    pub fn new() -> Idp {
+        use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        let sk = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let der = sk.to_pkcs8_der().unwrap();
+        let pem = sk
+            .verifying_key()
+            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pem_file = dir.path().join("idp.pem");
+        std::fs::write(&pem_file, pem).unwrap();
+        Idp {
+            encoding: jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+            pem_file,
+            _dir: dir,
+        }
+    }
+
+    /// A gateway whose OIDC tokens become `kind` principals (`user` with the
+    /// `roles` claim, or `platform` with the `namespaces` claim), admin token too.
+    pub async fn gateway(&self, kind: &str, extra: &[&str]) -> Gw {
+        let file = self.pem_file.display().to_string();
+        let mut args = vec![
+            "--oidc-issuer",
+            IDP_ISSUER,
+            "--oidc-audience",
+            IDP_AUDIENCE,
+            "--oidc-jwks-file",
+            &file,
+            "--oidc-principal",
+            kind,
+            "--oidc-roles-claim",
+            "roles",
+        ];
+        args.extend_from_slice(extra);
+        Gw::start(&args).await
+    }
+
+    pub fn token(&self, sub: &str, extra: serde_json::Value) -> String {
+        let now = palisade_gateway::fsutil::now();
+        let mut claims = serde_json::json!({
+            "iss": IDP_ISSUER, "aud": IDP_AUDIENCE, "sub": sub,
+            "iat": now, "nbf": now, "exp": now + 600,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+    }
+
+    /// A platform controller's token for these namespaces (a `platform` gateway).
+    pub fn platform(&self, sub: &str, namespaces: &[&str]) -> String {
+        self.token(sub, serde_json::json!({ "namespaces": namespaces }))
+    }
+
+    /// A user's token with these roles (a `user` gateway).
+    pub fn user(&self, sub: &str, roles: &[&str]) -> String {
+        self.token(sub, serde_json::json!({ "roles": roles }))
+    }
+}
+
+/// `PUT /v1/secrets/{name}` as admin: one key `token` = `value`, and the allowance.
+pub async fn put_secret_allowing(
+    gw: &Gw,
+    name: &str,
+    value: &str,
+    namespaces: &[&str],
+    policies: &[&str],
+    hosts: &[&str],
+) -> Answer {
+    let body = serde_json::json!({
+        "data": { "token": value },
+        "allowedNamespaces": namespaces,
+        "allowedPolicies": policies,
+        "allowedHosts": hosts,
+    });
+    gw.admin()
+        .send(
+            Method::PUT,
+            &format!("/v1/secrets/{name}"),
+            Some("application/json"),
+            Bytes::from(serde_json::to_vec(&body).unwrap()),
+        )
+        .await
+        .unwrap()
+}
+
+/// A session stream being read line by line.
+pub struct Session {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl Session {
+    pub async fn open(gw: &Gw, id: &str, token: &str) -> http::Response<hyper::body::Incoming> {
+        let mut c = connect(gw).await;
+        c.send_request(request(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/session"),
+            token,
+            None,
+        ))
+        .await
+        .unwrap()
+    }
+
+    pub async fn start(gw: &Gw, id: &str, token: &str) -> Session {
+        let resp = Session::open(gw, id, token).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers().get(http::header::CONTENT_TYPE).unwrap(),
+            "application/x-ndjson"
+        );
+        Session {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event, heartbeats included; `None` at the end of the stream.
+    pub async fn next_any(&mut self) -> Option<palisade_api::session::SessionEvent> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Some(serde_json::from_slice(&line[..line.len() - 1]).unwrap());
+            }
+            let frame = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                http_body_util::BodyExt::frame(&mut self.body),
+            )
+            .await
+            .expect("session stream stalled")?;
+            if let Ok(data) = frame.unwrap().into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// The next event that is not a heartbeat.
+    pub async fn next(&mut self) -> palisade_api::session::SessionEvent {
+        loop {
+            match self.next_any().await.expect("session stream ended") {
+                palisade_api::session::SessionEvent::Heartbeat { .. } => continue,
+                e => return e,
+            }
+        }
+    }
+}
+
+/// Every log line of the process, from the moment [`capture_logs`] installed it as the
+/// global subscriber (one test per process: run with nextest).
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Install a subscriber that writes every event at `level` and above into the returned
+/// buffer. Panics if the process already has one.
+pub fn capture_logs(level: tracing::Level) -> Captured {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    )
+    .expect("this test must own the process's log subscriber (run it with nextest)");
+    logs
 }

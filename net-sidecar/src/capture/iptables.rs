@@ -1,8 +1,9 @@
 //! iptables-restore rule text: pure functions from [`CaptureConfig`] (and the parsed current
 //! state of our own chains) to the exact text fed to `iptables-restore --noflush`.
 //!
-//! We only ever touch our own chains (`PALISADE_OUTPUT` in nat, `PALISADE_FENCE` in filter)
-//! and the single jump to each from `OUTPUT`. Every rule carries a `palisade: …` comment.
+//! We only ever touch our own chains (`PALISADE_OUTPUT` in nat, `PALISADE_FENCE` in filter,
+//! `PALISADE_LEAVE` in mangle) and the single jump to each from `OUTPUT` (`POSTROUTING` for
+//! the mangle chain). Every rule carries a `palisade: …` comment.
 
 use std::fmt::Write as _;
 
@@ -17,6 +18,11 @@ pub const FENCE_CHAIN: &str = "PALISADE_FENCE";
 pub const NAT_JUMP_COMMENT: &str = "palisade: capture";
 /// Comment on the OUTPUT → PALISADE_FENCE jump.
 pub const FENCE_JUMP_COMMENT: &str = "palisade: fence";
+/// Our chain in the mangle table, jumped to from `POSTROUTING`: the last look at a packet,
+/// after the kernel re-routed it (see [`leave_rules`]).
+pub const LEAVE_CHAIN: &str = "PALISADE_LEAVE";
+/// Comment on the POSTROUTING → PALISADE_LEAVE jump.
+pub const LEAVE_JUMP_COMMENT: &str = "palisade: loopback never leaves";
 
 /// What of ours already exists in one family's ruleset (parsed from `iptables-save`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +35,10 @@ pub struct Existing {
     pub fence_chain: bool,
     /// Rules in filter `OUTPUT` jumping to `PALISADE_FENCE`, verbatim `-A …` lines.
     pub fence_jumps: Vec<String>,
+    /// `PALISADE_LEAVE` exists in mangle.
+    pub leave_chain: bool,
+    /// Rules in mangle `POSTROUTING` jumping to `PALISADE_LEAVE`, verbatim `-A …` lines.
+    pub leave_jumps: Vec<String>,
     /// Number of rules (`-A` lines) in the dump that are not ours.
     pub foreign_rules: usize,
 }
@@ -38,8 +48,10 @@ impl Existing {
     pub fn any_ours(&self) -> bool {
         self.nat_chain
             || self.fence_chain
+            || self.leave_chain
             || !self.nat_jumps.is_empty()
             || !self.fence_jumps.is_empty()
+            || !self.leave_jumps.is_empty()
     }
 }
 
@@ -52,6 +64,7 @@ pub fn parse_save(save: &str) -> Existing {
             table = match t {
                 "nat" => "nat",
                 "filter" => "filter",
+                "mangle" => "mangle",
                 _ => "other",
             };
         } else if let Some(decl) = line.strip_prefix(':') {
@@ -59,6 +72,7 @@ pub fn parse_save(save: &str) -> Existing {
             match (table, name) {
                 ("nat", NAT_CHAIN) => ex.nat_chain = true,
                 ("filter", FENCE_CHAIN) => ex.fence_chain = true,
+                ("mangle", LEAVE_CHAIN) => ex.leave_chain = true,
                 _ => {}
             }
         } else if line.starts_with("-A ") {
@@ -69,11 +83,17 @@ pub fn parse_save(save: &str) -> Existing {
                     .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain)
             };
             let in_ours = line.starts_with(&format!("-A {NAT_CHAIN} "))
-                || line.starts_with(&format!("-A {FENCE_CHAIN} "));
+                || line.starts_with(&format!("-A {FENCE_CHAIN} "))
+                || line.starts_with(&format!("-A {LEAVE_CHAIN} "));
             if table == "nat" && line.starts_with("-A OUTPUT ") && jumps_to(NAT_CHAIN) {
                 ex.nat_jumps.push(line.to_string());
             } else if table == "filter" && line.starts_with("-A OUTPUT ") && jumps_to(FENCE_CHAIN) {
                 ex.fence_jumps.push(line.to_string());
+            } else if table == "mangle"
+                && line.starts_with("-A POSTROUTING ")
+                && jumps_to(LEAVE_CHAIN)
+            {
+                ex.leave_jumps.push(line.to_string());
             } else if !in_ours {
                 ex.foreign_rules += 1;
             }
@@ -129,7 +149,39 @@ pub fn init_script(cfg: &CaptureConfig, family: Family, nat: bool, existing: &Ex
         "-I OUTPUT 1 -m comment --comment \"{FENCE_JUMP_COMMENT}\" -j {FENCE_CHAIN}"
     );
     out.push_str("COMMIT\n");
+    out.push_str("*mangle\n");
+    let _ = writeln!(out, ":{LEAVE_CHAIN} - [0:0]");
+    let _ = writeln!(out, "-F {LEAVE_CHAIN}");
+    leave_rules(&mut out, family);
+    for jump in &existing.leave_jumps {
+        let _ = writeln!(out, "-D {}", &jump[3..]);
+    }
+    let _ = writeln!(
+        out,
+        "-I POSTROUTING 1 -m comment --comment \"{LEAVE_JUMP_COMMENT}\" -j {LEAVE_CHAIN}"
+    );
+    out.push_str("COMMIT\n");
     out
+}
+
+/// After the kernel re-routed a redirected packet (nat OUTPUT), filter OUTPUT still sees the
+/// original route's interface; only POSTROUTING sees where it really goes. A socket bound to
+/// the pod interface (`SO_BINDTODEVICE`, `IP_UNICAST_IF`, a link-local scope id) keeps its
+/// redirected packets — destination now the loopback address, payload the agent's — on that
+/// interface. Nothing with a loopback destination may leave by any interface but `lo`.
+/// POSTROUTING cannot answer, so these are dropped (the client times out), for every UID.
+fn leave_rules(out: &mut String, family: Family) {
+    let net = match family {
+        Family::V4 => "127.0.0.0/8",
+        Family::V6 => "::1/128",
+    };
+    push_rule(
+        out,
+        LEAVE_CHAIN,
+        &format!("! -o lo -d {net}"),
+        "loopback destination off the loopback interface",
+        "DROP",
+    );
 }
 
 fn owner_returns(out: &mut String, chain: &str, cfg: &CaptureConfig, verb: &str) {
@@ -214,11 +266,27 @@ fn nat_rules(out: &mut String, cfg: &CaptureConfig, family: Family) {
 fn fence_rules(out: &mut String, cfg: &CaptureConfig, family: Family) {
     let c = FENCE_CHAIN;
     owner_returns(out, c, cfg, "fenced");
+    // Only the reply direction: replies of flows others opened towards the pod (inbound
+    // services, ICMP errors about them). A packet in the original direction of a tracked
+    // flow is the sender's own — the agent can bind the source port of a sidecar flow that
+    // ended (or of a live UDP one) and would otherwise ride its conntrack entry out. The
+    // agent's own redirected flows pass by the DNAT rules below, in both states.
     push_rule(
         out,
         c,
-        "-m conntrack --ctstate RELATED,ESTABLISHED",
-        "return traffic of allowed flows",
+        "-m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY",
+        "replies of inbound flows",
+        "RETURN",
+    );
+    // Packets of tracked flows that no process sends: a socket the sidecar already closed
+    // (retransmissions, FIN), TIME_WAIT answers and kernel replies. The owner match above
+    // misses them (no file behind the socket), and a process cannot send such a packet on
+    // purpose; every packet from a process's socket goes on to the rules below.
+    push_rule(
+        out,
+        c,
+        "-m owner ! --uid-owner 0-4294967294 -m conntrack --ctstate RELATED,ESTABLISHED",
+        "tracked packets no process sends (closed sockets, time-wait, kernel)",
         "RETURN",
     );
     // After REDIRECT the destination is the loopback address (the hook's out interface is
@@ -341,6 +409,16 @@ pub fn cleanup_script(family: Family, existing: &Existing) -> Option<String> {
         }
         out.push_str("COMMIT\n");
     }
+    if existing.leave_chain || !existing.leave_jumps.is_empty() {
+        out.push_str("*mangle\n");
+        for jump in &existing.leave_jumps {
+            let _ = writeln!(out, "-D {}", &jump[3..]);
+        }
+        if existing.leave_chain {
+            let _ = writeln!(out, "-F {LEAVE_CHAIN}\n-X {LEAVE_CHAIN}");
+        }
+        out.push_str("COMMIT\n");
+    }
     Some(out)
 }
 
@@ -442,9 +520,56 @@ mod tests {
     }
 
     #[test]
+    fn tracked_flows_pass_only_as_replies_or_without_a_process() {
+        for family in [Family::V4, Family::V6] {
+            let t = init_script(&cfg(), family, true, &Existing::default());
+            assert!(
+                !t.contains(
+                    "-A PALISADE_FENCE -m conntrack --ctstate RELATED,ESTABLISHED -m comment"
+                ),
+                "no blanket accept of tracked flows: {t}"
+            );
+            let reply = pos(&t, "--ctstate RELATED,ESTABLISHED --ctdir REPLY");
+            let socketless = pos(
+                &t,
+                "-m owner ! --uid-owner 0-4294967294 -m conntrack --ctstate RELATED,ESTABLISHED",
+            );
+            assert!(pos(&t, "-A PALISADE_FENCE -m owner --uid-owner 1337") < reply);
+            assert!(
+                reply < socketless && socketless < pos(&t, "--ctstate DNAT"),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn loopback_destinations_never_leave_by_another_interface() {
+        let t = init_script(&cfg(), Family::V4, true, &Existing::default());
+        assert!(
+            t.contains("*mangle\n:PALISADE_LEAVE - [0:0]\n-F PALISADE_LEAVE\n"),
+            "{t}"
+        );
+        assert!(t.contains("-A PALISADE_LEAVE ! -o lo -d 127.0.0.0/8 -m comment --comment \"palisade: loopback destination off the loopback interface\" -j DROP"), "{t}");
+        assert!(t.contains("-I POSTROUTING 1 -m comment --comment \"palisade: loopback never leaves\" -j PALISADE_LEAVE"));
+        let t6 = init_script(&cfg(), Family::V6, false, &Existing::default());
+        assert!(t6.contains("-A PALISADE_LEAVE ! -o lo -d ::1/128 "), "{t6}");
+        // Re-running replaces the jump; cleanup removes chain and jump.
+        let save = "*mangle\n:POSTROUTING ACCEPT [0:0]\n:PALISADE_LEAVE - [0:0]\n\
+            -A POSTROUTING -m comment --comment \"palisade: loopback never leaves\" -j PALISADE_LEAVE\n\
+            -A PALISADE_LEAVE ! -o lo -d 127.0.0.0/8 -j DROP\nCOMMIT\n";
+        let ex = parse_save(save);
+        assert!(ex.leave_chain && ex.leave_jumps.len() == 1 && ex.foreign_rules == 0);
+        let again = init_script(&cfg(), Family::V4, true, &ex);
+        assert!(again.contains("-D POSTROUTING -m comment --comment \"palisade: loopback never leaves\" -j PALISADE_LEAVE\n"));
+        let clean = cleanup_script(Family::V4, &ex).unwrap();
+        assert!(clean.ends_with("*mangle\n-D POSTROUTING -m comment --comment \"palisade: loopback never leaves\" -j PALISADE_LEAVE\n-F PALISADE_LEAVE\n-X PALISADE_LEAVE\nCOMMIT\n"), "{clean}");
+    }
+
+    #[test]
     fn without_nat_only_the_fence_is_installed() {
         let t = init_script(&cfg(), Family::V6, false, &Existing::default());
         assert!(!t.contains("*nat") && !t.contains("REDIRECT"), "{t}");
+        assert!(t.contains("*mangle"), "{t}");
         assert!(t.contains("*filter") && t.contains("-I OUTPUT 1"));
     }
 

@@ -47,11 +47,28 @@ pub fn init_script(cfg: &CaptureConfig) -> String {
 
     out.push_str("\tchain fence {\n\t\ttype filter hook output priority 0; policy accept;\n");
     owner_rules(&mut out, cfg, "accept", "fenced");
+    // Only the reply direction (see `fence_rules` in iptables.rs): a packet in the original
+    // direction of a tracked flow is its sender's own, never a licence to ride the sidecar's.
+    rule(
+        &mut out,
+        "ct state established,related ct direction reply accept",
+        "replies of inbound flows",
+    );
+    // `meta skuid` matches only packets a process's socket sends; the others (a socket the
+    // sidecar already closed, TIME_WAIT answers, kernel replies) of tracked flows pass,
+    // as in iptables.rs. Every packet of a process goes on to `fenced`.
+    rule(
+        &mut out,
+        "meta skuid 0-4294967294 goto fenced",
+        "packets of a process: the fence",
+    );
     rule(
         &mut out,
         "ct state established,related accept",
-        "return traffic of allowed flows",
+        "tracked packets no process sends (closed sockets, time-wait, kernel)",
     );
+    rule(&mut out, "goto fenced", "everything else: the fence");
+    out.push_str("\t}\n\n\tchain fenced {\n");
     // After `redirect` the destination is the loopback address (the hook's output
     // interface is still the original route's, so match the address, not oifname).
     for (l3, lo) in [("ip", "127.0.0.1"), ("ip6", "::1")] {
@@ -118,6 +135,18 @@ pub fn init_script(cfg: &CaptureConfig) -> String {
         "reject with icmpx type admin-prohibited",
         "fence: everything else (icmp, sctp, raw)",
     );
+    out.push_str("\t}\n\n");
+
+    // The re-routed packet's real interface is known only here (see `leave_rules` in
+    // iptables.rs): a loopback destination never leaves by another interface.
+    out.push_str("\tchain leave {\n\t\ttype filter hook postrouting priority 0; policy accept;\n");
+    for (l3, net) in [("ip", "127.0.0.0/8"), ("ip6", "::1")] {
+        rule(
+            &mut out,
+            &format!("oifname != \"lo\" {l3} daddr {net} drop"),
+            "loopback destination off the loopback interface",
+        );
+    }
     out.push_str("\t}\n}\n");
     out
 }
@@ -227,7 +256,7 @@ mod tests {
     #[test]
     fn fence_order_and_rejects() {
         let t = init_script(&cfg());
-        let f = &t[pos(&t, "chain fence")..];
+        let f = &t[pos(&t, "chain fence")..pos(&t, "chain leave")];
         assert!(
             pos(
                 f,
@@ -244,6 +273,34 @@ mod tests {
             "{last}"
         );
         assert!(!f.contains("echo-request"));
+    }
+
+    #[test]
+    fn tracked_flows_pass_only_as_replies_or_without_a_process() {
+        let t = init_script(&cfg());
+        let f = &t[pos(&t, "chain fence {")..];
+        // No blanket accept of established traffic: the original direction of a tracked
+        // flow is its sender's, and a process's packets always meet the fence.
+        assert!(!f.contains("ct state established,related accept comment \"palisade: return"));
+        let reply = pos(f, "ct state established,related ct direction reply accept");
+        let process = pos(f, "meta skuid 0-4294967294 goto fenced");
+        let socketless = pos(f, "\t\tct state established,related accept");
+        let dnat = pos(f, "ct status dnat accept");
+        assert!(pos(f, "meta skuid 1337 accept") < reply);
+        assert!(
+            reply < process && process < socketless && socketless < dnat,
+            "{f}"
+        );
+        assert!(pos(f, "goto fenced comment \"palisade: everything else") < dnat);
+    }
+
+    #[test]
+    fn loopback_destinations_never_leave_by_another_interface() {
+        let t = init_script(&cfg());
+        let leave = &t[pos(&t, "chain leave {")..];
+        assert!(leave.contains("type filter hook postrouting priority 0; policy accept;"));
+        assert!(leave.contains("oifname != \"lo\" ip daddr 127.0.0.0/8 drop"));
+        assert!(leave.contains("oifname != \"lo\" ip6 daddr ::1 drop"));
     }
 
     #[test]

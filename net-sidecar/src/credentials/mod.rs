@@ -1,7 +1,8 @@
 //! Credentials the sidecar injects into inspected requests.
 //!
 //! Owns: the [`Secret`] newtype (redacting `Debug`, SHA-256 fingerprint for audit), the async
-//! [`CredentialSource`] trait every source implements (file and env in `sources`; secrets
+//! [`CredentialSource`] trait every source implements (file and env in `sources`, served only
+//! to a sidecar whose policy is local — never with `--gateway`; secrets
 //! delivered by the gateway and their endpoint bindings in `delivered`; gateway workload
 //! tokens in `workload`), the per-policy [`Registry`] of sources, the binding check behind
 //! 403 `credential_endpoint_mismatch`, and building the header value (`inject.header`,
@@ -99,6 +100,10 @@ pub trait CredentialSource: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
 }
 
+/// Why a gateway-managed sidecar serves no `file`/`env` credential.
+const LOCAL_ONLY: &str = "file/env (only in a policy loaded locally with --policy, never in one \
+                          delivered by the gateway)";
+
 /// A credential's definition and the source built from it.
 type Entry = (Credential, Arc<dyn CredentialSource>);
 
@@ -167,6 +172,12 @@ impl Registry {
             return src.clone();
         }
         let src: Arc<dyn CredentialSource> = match &def.from {
+            // A gateway-managed sidecar's policy comes from the gateway, which may not make it
+            // read the sidecar's own files or environment (refused there and by the policy
+            // feed; this is the last line).
+            SourceSpec::File(_) | SourceSpec::Env(_) if self.gateway.is_some() => {
+                Arc::new(Unavailable(LOCAL_ONLY))
+            }
             SourceSpec::File(path) => Arc::new(FileSource::new(path.into())),
             SourceSpec::Env(var) => Arc::new(EnvSource::new(var)),
             SourceSpec::Secret { .. } => match &self.gateway {
@@ -328,6 +339,39 @@ mod tests {
         assert_eq!(s2.kind(), "env");
     }
 
+    #[tokio::test]
+    async fn a_gateway_managed_sidecar_never_reads_its_own_files_or_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "file-token\n").unwrap();
+        let file_def = def(SourceSpec::File(file.display().to_string()), Some("Bearer"));
+        let env_def = def(SourceSpec::Env("PATH".into()), None);
+        // Locally (--policy) both are served...
+        let local = Registry::new();
+        assert_eq!(
+            local.source("f", &file_def).get().await.unwrap().expose(),
+            "file-token"
+        );
+        assert!(local.source("e", &env_def).get().await.is_ok());
+        // ...with --gateway neither is, even with a valid identity.
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tx.send_replace(Some(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        ));
+        let r = Registry::with_gateway(GatewayCredentials {
+            delivered: Arc::new(DeliveredStore::new(rx)),
+            workload: Arc::new(AlwaysMints),
+        });
+        for (name, d) in [("f", &file_def), ("e", &env_def)] {
+            let err = r.source(name, d).get().await.unwrap_err();
+            assert!(
+                matches!(err, CredentialError::NotImplemented(_))
+                    && err.to_string().contains("--policy"),
+                "{err}"
+            );
+        }
+    }
+
     #[derive(Debug)]
     struct AlwaysMints;
 
@@ -349,28 +393,26 @@ mod tests {
             delivered: Arc::new(DeliveredStore::new(rx)),
             workload: Arc::new(AlwaysMints),
         });
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "file-token\n").unwrap();
-        let file_def = def(SourceSpec::File(file.display().to_string()), Some("Bearer"));
         let wl_def = def(
             SourceSpec::WorkloadToken {
                 audience: "aud".into(),
             },
             Some("Bearer"),
         );
-        let (f, wl) = (r.source("f", &file_def), r.source("wl", &wl_def));
-        assert_eq!(f.kind(), "file", "the gate keeps the source's label");
+        let wl = r.source("wl", &wl_def);
+        assert_eq!(
+            wl.kind(),
+            "workload_token",
+            "the gate keeps the source's label"
+        );
         let lapsed = |e: CredentialError| e.to_string().contains("lapsed");
-        assert!(lapsed(f.get().await.unwrap_err()), "no identity yet");
+        assert!(lapsed(wl.get().await.unwrap_err()), "no identity yet");
         tx.send_replace(Some(
             tokio::time::Instant::now() + std::time::Duration::from_secs(60),
         ));
-        assert_eq!(f.get().await.unwrap().expose(), "file-token");
         assert_eq!(wl.get().await.unwrap().expose(), "minted-for-aud");
         // Revoked (sandbox deleted): even the cached workload token is withheld.
         tx.send_replace(None);
-        assert!(lapsed(f.get().await.unwrap_err()));
         assert!(lapsed(wl.get().await.unwrap_err()));
         // Lapsed (the gateway away past the JWT's expiry).
         tx.send_replace(Some(

@@ -24,10 +24,12 @@ pub enum DenyRcode {
     NxDomain,
 }
 
-/// Where to listen, whom to ask, and how to say no.
+/// Whom to ask and how to say no (and, for the in-process tests' `bind`, where to listen:
+/// the sidecar binds its sockets in the keeper, [`super::bind_pairs`]).
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
     /// Every address gets a UDP socket and a TCP listener on the same port.
+    #[cfg(test)]
     pub listen: Vec<SocketAddr>,
     /// Tried in order; the next one only after a timeout or an error of the previous.
     pub upstreams: Vec<SocketAddr>,

@@ -1,6 +1,6 @@
 //! DNS metrics. Every label comes from a closed set below — never a query name.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 /// How a received message ended, one count per message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,15 +56,22 @@ pub(super) enum BadKind {
     Opcode,
     /// The QR bit is set (a response, not a query): dropped, never answered.
     Response,
+    /// A query carrying records besides its question (answer, authority, additional
+    /// other than one OPT, SIG(0)/TSIG): FORMERR, never forwarded.
+    Records,
+    /// Bytes after the end of the message: FORMERR, never forwarded.
+    Trailing,
 }
 
 impl BadKind {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
         Self::Short,
         Self::Malformed,
         Self::Questions,
         Self::Opcode,
         Self::Response,
+        Self::Records,
+        Self::Trailing,
     ];
     pub(super) fn as_str(self) -> &'static str {
         match self {
@@ -73,6 +80,8 @@ impl BadKind {
             Self::Questions => "questions",
             Self::Opcode => "opcode",
             Self::Response => "response",
+            Self::Records => "records",
+            Self::Trailing => "trailing",
         }
     }
 }
@@ -101,6 +110,7 @@ pub struct DnsMetrics {
     pub(super) bad_queries: IntCounterVec,
     pub(super) upstream_seconds: Histogram,
     pub(super) upstream_failures: IntCounterVec,
+    pub(super) edns_options_stripped: IntCounter,
 }
 
 impl DnsMetrics {
@@ -135,6 +145,12 @@ impl DnsMetrics {
             ),
             &["kind"],
         )?;
+        let edns_options_stripped = IntCounter::new(
+            "palisade_sidecar_dns_edns_options_stripped_total",
+            "Queries forwarded without the EDNS options the client put in them (only the \
+             question, the UDP payload size and the DO bit are ever forwarded).",
+        )?;
+        registry.register(Box::new(edns_options_stripped.clone()))?;
         registry.register(Box::new(queries.clone()))?;
         registry.register(Box::new(bad_queries.clone()))?;
         registry.register(Box::new(upstream_seconds.clone()))?;
@@ -155,6 +171,7 @@ impl DnsMetrics {
             bad_queries,
             upstream_seconds,
             upstream_failures,
+            edns_options_stripped,
         })
     }
 

@@ -29,7 +29,9 @@ mod tests;
 pub use cache::AnswerCache;
 pub use config::{DEFAULT_CACHE_CAPACITY, DEFAULT_RESOLV_CONF, DenyRcode, DnsConfig};
 pub use metrics::DnsMetrics;
+#[cfg(test)]
 pub use server::bind;
+pub use server::bind_pairs;
 // Part of the interface even where callers only hold the value `bind` returns.
 #[allow(unused_imports)]
 pub use server::DnsServer;

@@ -19,7 +19,9 @@ use super::cache::AnswerCache;
 use super::config::{DenyRcode, DnsConfig};
 use super::metrics::{DnsMetrics, Outcome, Transport};
 use super::upstream::Upstreams;
-use super::wire::{Inbound, answer_addrs, classify, policy_name, reply_with_rcode, with_id};
+use super::wire::{
+    Inbound, answer_addrs, classify, policy_name, reply_with_rcode, upstream_query, with_id,
+};
 
 /// UDP queries handled at once per socket; beyond this the socket is not read (the kernel
 /// queue absorbs bursts and drops the excess).
@@ -47,6 +49,7 @@ pub struct DnsServer {
 
 /// Bind UDP and TCP on every listen address (IPv6 sockets are v6-only, so `0.0.0.0` and
 /// `[::]` on the same port coexist). Port 0 picks one port free on both transports.
+#[cfg(test)]
 pub async fn bind(config: &DnsConfig) -> anyhow::Result<DnsServer> {
     anyhow::ensure!(
         !config.listen.is_empty(),
@@ -57,23 +60,53 @@ pub async fn bind(config: &DnsConfig) -> anyhow::Result<DnsServer> {
         "the policy DNS server has no upstream nameserver; add a `nameserver` line to the \
          sidecar's resolv.conf"
     );
-    let mut udp = Vec::with_capacity(config.listen.len());
-    let mut tcp = Vec::with_capacity(config.listen.len());
-    for &addr in &config.listen {
-        let (u, t) = bind_pair(addr)?;
-        udp.push(Arc::new(u));
-        tcp.push(t);
-    }
-    Ok(DnsServer {
-        udp,
-        tcp,
-        upstreams: config.upstreams.clone(),
-        deny_rcode: config.deny_rcode,
-        upstream_timeout: config.upstream_timeout,
-    })
+    let pairs = bind_pairs(&config.listen)?;
+    DnsServer::from_sockets(pairs, config)
 }
 
-fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+/// A UDP socket and a TCP listener (both non-blocking) on the same port for every listen
+/// address, bound before any async runtime exists (the keeper binds, the data plane
+/// adopts them through [`DnsServer::from_sockets`]).
+pub fn bind_pairs(
+    listen: &[SocketAddr],
+) -> anyhow::Result<Vec<(std::net::UdpSocket, std::net::TcpListener)>> {
+    anyhow::ensure!(
+        !listen.is_empty(),
+        "the policy DNS server has no listen address; configure at least one"
+    );
+    listen.iter().map(|&addr| bind_pair(addr)).collect()
+}
+
+impl DnsServer {
+    /// Serve on sockets bound earlier ([`bind_pairs`]), inside the runtime.
+    pub fn from_sockets(
+        pairs: Vec<(std::net::UdpSocket, std::net::TcpListener)>,
+        config: &DnsConfig,
+    ) -> anyhow::Result<DnsServer> {
+        anyhow::ensure!(
+            !config.upstreams.is_empty(),
+            "the policy DNS server has no upstream nameserver; add a `nameserver` line to the \
+             sidecar's resolv.conf"
+        );
+        let mut udp = Vec::with_capacity(pairs.len());
+        let mut tcp = Vec::with_capacity(pairs.len());
+        for (u, t) in pairs {
+            u.set_nonblocking(true)?;
+            t.set_nonblocking(true)?;
+            udp.push(Arc::new(UdpSocket::from_std(u)?));
+            tcp.push(TcpListener::from_std(t)?);
+        }
+        Ok(DnsServer {
+            udp,
+            tcp,
+            upstreams: config.upstreams.clone(),
+            deny_rcode: config.deny_rcode,
+            upstream_timeout: config.upstream_timeout,
+        })
+    }
+}
+
+fn bind_pair(addr: SocketAddr) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener)> {
     let hint = "is another process (a second sidecar?) using the port, or is IPv6 disabled in \
                 this network namespace? change the DNS listen addresses or free the port";
     let attempts = if addr.port() == 0 {
@@ -98,17 +131,17 @@ fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
     )))
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -117,7 +150,7 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 impl DnsServer {
@@ -235,9 +268,17 @@ impl<P: DnsPolicy> Handler<P> {
             return reply_with_rcode(&query, rcode);
         }
 
+        // Never the client's bytes: only what was parsed and judged goes upstream.
+        let Some((upstream_query, stripped)) = upstream_query(&query) else {
+            self.metrics.query(Outcome::Error, transport);
+            return reply_with_rcode(&query, ResponseCode::ServFail);
+        };
+        if stripped {
+            self.metrics.edns_options_stripped.inc();
+        }
         let answer = self
             .upstreams
-            .resolve(packet, &question, query.max_payload(), transport)
+            .resolve(&upstream_query, &question, query.max_payload(), transport)
             .await;
         let Some(answer) = answer else {
             self.metrics.query(Outcome::Error, transport);

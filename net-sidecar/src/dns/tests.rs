@@ -955,3 +955,100 @@ async fn a_compiled_policy_drives_the_decision() {
     .unwrap();
     assert_eq!(ask(5, "evil.test.").await, ResponseCode::NoError);
 }
+
+/// A TXT record under a name the policy does not allow: the payload of a smuggling attempt.
+fn smuggled(owner: &str) -> Record {
+    use hickory_proto::rr::rdata::TXT;
+    Record::from_rdata(
+        name(owner),
+        0,
+        RData::TXT(TXT::new(vec!["exfiltrated-bytes".to_owned()])),
+    )
+}
+
+#[tokio::test]
+async fn records_besides_the_question_are_formerr_and_never_forwarded() {
+    let (upstream, mut seen) = fake_upstream(Upstream::Answer).await;
+    let h = Harness::start(policy(&["a.test"]), vec![upstream], DenyRcode::Refused).await;
+    let mut attempts = Vec::new();
+    let mut q = query(0x3001, "a.test.", RecordType::A);
+    q.add_answer(smuggled("secret.denied.test."));
+    attempts.push(q);
+    let mut q = query(0x3002, "a.test.", RecordType::A);
+    q.add_name_server(smuggled("secret.denied.test."));
+    attempts.push(q);
+    let mut q = query(0x3003, "a.test.", RecordType::A);
+    q.add_additional(smuggled("secret.denied.test."));
+    q.set_edns(Edns::new());
+    attempts.push(q);
+    for (n, q) in attempts.iter().enumerate() {
+        let reply = h.udp(&q.to_vec().unwrap()).await;
+        assert_eq!(
+            (reply.id(), reply.response_code()),
+            (q.id(), ResponseCode::FormErr),
+            "attempt {n}"
+        );
+        // Over TCP the same.
+        let mut stream = TcpStream::connect(h.addr).await.unwrap();
+        let reply = tcp_exchange(&mut stream, &q.to_vec().unwrap()).await;
+        assert_eq!(reply.response_code(), ResponseCode::FormErr, "tcp {n}");
+    }
+    assert_eq!(h.bad("records"), 6);
+    assert_eq!(h.queries("error", "udp"), 3);
+    assert!(seen.try_recv().is_err(), "nothing may reach the upstream");
+    // The same query without the extra records is answered.
+    let reply = h.udp(&query_bytes(0x3004, "a.test.", RecordType::A)).await;
+    assert_eq!(reply.response_code(), ResponseCode::NoError);
+    assert_eq!(seen.recv().await.unwrap().query.additionals().len(), 0);
+}
+
+#[tokio::test]
+async fn trailing_bytes_are_formerr_and_never_forwarded() {
+    let (upstream, mut seen) = fake_upstream(Upstream::Answer).await;
+    let h = Harness::start(policy(&["a.test"]), vec![upstream], DenyRcode::Refused).await;
+    let mut bytes = query_bytes(0x3101, "a.test.", RecordType::A);
+    bytes.extend_from_slice(b"trailing-secret-payload");
+    let reply = h.udp(&bytes).await;
+    assert_eq!(
+        (reply.id(), reply.response_code()),
+        (0x3101, ResponseCode::FormErr)
+    );
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    let reply = tcp_exchange(&mut stream, &bytes).await;
+    assert_eq!(reply.response_code(), ResponseCode::FormErr);
+    assert_eq!(h.bad("trailing"), 2);
+    assert!(seen.try_recv().is_err(), "nothing may reach the upstream");
+}
+
+#[tokio::test]
+async fn the_upstream_gets_a_rebuilt_query_without_edns_options() {
+    use hickory_proto::rr::rdata::opt::EdnsOption;
+    let (upstream, mut seen) = fake_upstream(Upstream::Answer).await;
+    let h = Harness::start(policy(&["a.test"]), vec![upstream], DenyRcode::Refused).await;
+    let mut q = query(0x3201, "a.test.", RecordType::A);
+    q.set_checking_disabled(true);
+    let mut edns = Edns::new();
+    edns.set_max_payload(1400).set_dnssec_ok(true);
+    edns.options_mut()
+        .insert(EdnsOption::Unknown(65001, b"smuggled option data".to_vec()));
+    edns.options_mut().insert(EdnsOption::Unknown(
+        10, // COOKIE: 8-40 bytes of whatever the client likes
+        b"0123456789abcdef".to_vec(),
+    ));
+    q.set_edns(edns);
+    let reply = h.udp(&q.to_vec().unwrap()).await;
+    assert_eq!(reply.response_code(), ResponseCode::NoError);
+    let upstream_saw = seen.recv().await.unwrap().query;
+    assert_eq!(upstream_saw.queries(), q.queries());
+    assert!(upstream_saw.recursion_desired() && upstream_saw.checking_disabled());
+    let forwarded = upstream_saw.extensions().as_ref().unwrap();
+    assert!(forwarded.options().as_ref().is_empty(), "{forwarded:?}");
+    assert_eq!(forwarded.max_payload(), 1400);
+    assert!(forwarded.flags().dnssec_ok);
+    assert_eq!(h.metrics.edns_options_stripped.get(), 1);
+    // A query without options is not counted.
+    let mut q = query(0x3202, "a.test.", RecordType::A);
+    q.set_edns(Edns::new());
+    h.udp(&q.to_vec().unwrap()).await;
+    assert_eq!(h.metrics.edns_options_stripped.get(), 1);
+}

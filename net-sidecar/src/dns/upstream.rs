@@ -65,8 +65,8 @@ impl Upstreams {
         }
     }
 
-    /// Ask each upstream in turn until one answers. `query` is the client's message as
-    /// received; only its id is replaced. A truncated UDP answer is retried over TCP when
+    /// Ask each upstream in turn until one answers. `query` is the message rebuilt from the
+    /// client's question ([`super::wire::upstream_query`]); only its id is replaced. A truncated UDP answer is retried over TCP when
     /// the client itself came over TCP (a UDP client gets the TC bit and retries itself).
     pub(super) async fn resolve(
         &self,

@@ -55,11 +55,52 @@ pub(super) fn classify(packet: &[u8]) -> Inbound {
     if !counts_plausible(&header, packet.len()) {
         return reject(BadKind::Malformed, ResponseCode::FormErr);
     }
-    match Message::from_vec(packet) {
-        Ok(message) if message.queries().len() == 1 => Inbound::Query(message),
-        Ok(_) => reject(BadKind::Questions, ResponseCode::FormErr),
-        Err(_) => reject(BadKind::Malformed, ResponseCode::FormErr),
+    // A query is its question (and at most one OPT): records in any other section, or in
+    // the additional section besides OPT, would reach the resolver as data of their own.
+    if header.answer_count() != 0 || header.name_server_count() != 0 {
+        return reject(BadKind::Records, ResponseCode::FormErr);
     }
+    let mut decoder = BinDecoder::new(packet);
+    let message = match Message::read(&mut decoder) {
+        Ok(message) => message,
+        Err(_) => return reject(BadKind::Malformed, ResponseCode::FormErr),
+    };
+    if message.queries().len() != 1 {
+        return reject(BadKind::Questions, ResponseCode::FormErr);
+    }
+    if !message.additionals().is_empty() || !message.signature().is_empty() {
+        return reject(BadKind::Records, ResponseCode::FormErr);
+    }
+    if !decoder.is_empty() {
+        return reject(BadKind::Trailing, ResponseCode::FormErr);
+    }
+    Inbound::Query(message)
+}
+
+/// What is sent upstream for a client's query: a message rebuilt from its parsed parts,
+/// never the client's bytes. It carries the question, the RD and CD flags, and — when the
+/// client sent an OPT record — an OPT with only the UDP payload size (at least 512) and the
+/// DO bit: no EDNS options, no other flags, version 0. The second value is true when the
+/// client's OPT carried options that were dropped. The id is set by the exchange.
+pub(super) fn upstream_query(query: &Message) -> Option<(Vec<u8>, bool)> {
+    let question = query.queries().first()?;
+    let mut message = Message::new();
+    message
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(query.recursion_desired())
+        .set_checking_disabled(query.checking_disabled())
+        .add_query(question.clone());
+    let mut stripped = false;
+    if let Some(client) = query.extensions() {
+        stripped = !client.options().as_ref().is_empty();
+        let mut edns = Edns::new();
+        edns.set_max_payload(client.max_payload().max(512))
+            .set_version(0)
+            .set_dnssec_ok(client.flags().dnssec_ok);
+        message.set_edns(edns);
+    }
+    message.to_vec().ok().map(|bytes| (bytes, stripped))
 }
 
 /// The header, if the packet is long enough to have one.

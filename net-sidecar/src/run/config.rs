@@ -31,6 +31,24 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// Run the data plane: transparent egress, explicit proxy, policy DNS and admin listeners.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Set by the keeper on the data plane it starts: the roles of the inherited sockets
+    /// (`LISTEN_FDS`). Not for operators.
+    #[arg(long, hide = true, value_name = "ROLES")]
+    pub data_plane_sockets: Option<String>,
+
+    /// Set by the keeper: its pid (the data plane dies with it).
+    #[arg(long, hide = true, value_name = "PID", requires = "data_plane_sockets")]
+    pub data_plane_keeper: Option<u32>,
+
+    /// Set by the keeper: how many data planes it restarted before this one.
+    #[arg(
+        long,
+        hide = true,
+        default_value_t = 0,
+        requires = "data_plane_sockets"
+    )]
+    pub data_plane_restarts: u64,
+
     /// Policy file (YAML or JSON). Re-read every second; a broken new version is
     /// refused and the last good one stays in force. Exclusive with --gateway.
     #[arg(

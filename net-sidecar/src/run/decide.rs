@@ -750,6 +750,30 @@ spec:
         assert_eq!(r.unwrap_err(), denied(DenyReason::ForbiddenAddress, "none"));
         let r = d.decide_opaque(&p, sa("127.0.0.1:15020"));
         assert_eq!(r.unwrap_err(), denied(DenyReason::ForbiddenAddress, "none"));
+        // …in every spelling: NAT64 (64:ff9b::/96) and IPv4-compatible (::/96) forms of
+        // metadata, link-local and loopback are the addresses they carry.
+        for dst in [
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[64:ff9b::a9fe:1]:443",
+            "[64:ff9b::7f00:1]:15020",
+            "[::a9fe:a9fe]:80",
+            "[::7f00:1]:443",
+        ] {
+            let r = d
+                .decide_name(&p, "other.test", Route::Original(sa(dst)), None)
+                .await;
+            assert_eq!(
+                r.unwrap_err(),
+                denied(DenyReason::ForbiddenAddress, "none"),
+                "{dst}"
+            );
+            let r = d.decide_opaque(&p, sa(dst));
+            assert_eq!(
+                r.unwrap_err(),
+                denied(DenyReason::ForbiddenAddress, "none"),
+                "opaque {dst}"
+            );
+        }
         // Allowed stays allowed.
         let plan = d
             .decide_name(&p, "allowed.test", Route::ByName(443), Some(Protocol::Tls))

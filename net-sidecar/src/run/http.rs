@@ -1,21 +1,28 @@
 //! HTTP proxying with a policy decision on EVERY request: plain HTTP/1, and HTTP/1.1 or
 //! HTTP/2 inside TLS the sidecar terminated ([`super::inspect`]).
 //!
-//! Owns: serving the agent side with hyper (keep-alive, `Expect: 100-continue`, upgrades),
-//! checking each request's Host (and absolute-form target) against the policy and the
-//! anti-spoofing rules, HTTP rules (`http:` in a policy rule) on a normalised path, the
-//! 403/400/502 JSON answers, hop-by-hop header handling, and a hyper client towards the
-//! verified upstream address (reused across requests while it stays valid). For inspected
-//! connections also: Host = SNI (421), smuggling-prone framing (400, close), the rule's
-//! credential (fail closed with 502), and verified TLS towards the upstream.
+//! Owns: serving the agent side with hyper (keep-alive, `Expect: 100-continue`, WebSocket
+//! upgrades), checking each request's Host (and absolute-form target) against the policy
+//! and the anti-spoofing rules, HTTP rules (`http:` in a policy rule) on a normalised path
+//! without `;` parameters, on the method and every method override ([`method`]), the
+//! bounded read-ahead of each request body before anything goes upstream ([`body`]), the
+//! 403/400/413/502 JSON answers, hop-by-hop header handling (never removing what the
+//! decision relies on, never relaying an upgrade but WebSocket), and a hyper client towards
+//! the verified upstream address (reused across requests while it stays valid). For
+//! inspected connections also: Host = SNI (421), smuggling-prone framing (400, close), the
+//! rule's credential (fail closed with 502), and verified TLS towards the upstream.
 //! HTTP/1 request heads are checked byte for byte before hyper parses them ([`head`]): CL+TE,
 //! several Content-Length, a Transfer-Encoding other than `chunked`, bare LF, obs-fold and
 //! several Host headers are answered 400 and the connection is closed.
 //! Must never: let a later request on a keep-alive connection reach a host the first request
 //! was not checked for (every request is decided anew), forward `Proxy-Authorization` or
-//! other hop-by-hop headers, or dial anything but a decision's addresses.
+//! other hop-by-hop headers, relay a protocol switch after which requests would go
+//! undecided (`h2c`), send an upstream a request other than the one judged, or dial
+//! anything but a decision's addresses.
 
+mod body;
 mod head;
+mod method;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -35,7 +42,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_api::ErrorBody;
-use palisade_policy::{CompiledPolicy, Decision};
+use palisade_policy::{CompiledPolicy, Decision, DenyReason, RuleId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -52,6 +59,8 @@ use super::pool::PoolKey;
 use super::splice::splice;
 use super::upstream;
 use crate::credentials::{CredentialError, header_for};
+use body::preread;
+pub use body::{PREREAD_LIMIT, UpstreamBody};
 pub use head::HeadCheck;
 use head::{Problem, Start};
 
@@ -79,7 +88,7 @@ pub enum Target {
 
 struct Upstream {
     addr: SocketAddr,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<UpstreamBody>,
 }
 
 /// One agent connection's HTTP proxy state.
@@ -164,7 +173,7 @@ fn checked<I>(io: I, start: Start, limit: usize, proxy: &HttpProxy) -> HeadCheck
             client = %info.client,
             original_dst = dst.as_deref().unwrap_or("-"),
             name = name.as_deref().unwrap_or("-"),
-            "HTTP request refused before the upstream ({}); connection closed",
+            "HTTP request refused ({}); connection closed",
             problem.message()
         );
     };
@@ -297,8 +306,8 @@ const DISCARD_LIMIT: usize = 1 << 20;
 /// Read (and drop) a refused request's body in the background, bounded in size and time, so
 /// the agent's upload finishes cleanly instead of the stream being reset under it (HTTP/2
 /// clients report a reset during upload as an error and lose the 403 body).
-fn discard(req: Request<Incoming>) {
-    let mut body = req.into_body();
+fn discard(body: Option<Incoming>) {
+    let Some(mut body) = body else { return };
     if hyper::body::Body::is_end_stream(&body) {
         return;
     }
@@ -319,6 +328,81 @@ fn discard(req: Request<Incoming>) {
 }
 
 const MULTIPLE_HOSTS: &str = "more than one Host header";
+const MALFORMED_BODY: &str = "malformed request body";
+const PATH_PARAMETERS: &str = "the request path has `;` parameters, which servers strip or keep \
+    differently (ambiguous path)";
+const AMBIGUOUS_PATH: &str =
+    "the request path is ambiguous (encoded slash or backslash, empty or invalid segment)";
+
+/// Why [`HttpProxy::http_rules`] refused a request.
+enum Refused {
+    /// The rule's HTTP rules deny it (403).
+    Denied(DenyReason, String),
+    /// It cannot be judged (400).
+    Bad(BadInput, &'static str),
+}
+
+/// What the HTTP rules were checked on, kept for the form-body override check.
+struct Judged {
+    path: String,
+    query: Option<String>,
+    overrides: Vec<String>,
+}
+
+/// Decide `method` and every override on the judged path and query (deny wins); a denial is
+/// recorded on `plan` (audit mode) or returned.
+fn judge(
+    policy: &CompiledPolicy,
+    plan: &mut Plan,
+    method: &http::Method,
+    overrides: &[String],
+    judged: &Judged,
+) -> Result<(), (DenyReason, String)> {
+    let Some(id) = plan.rule else { return Ok(()) };
+    let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+    if let Decision::Deny { reason, rule, .. } = policy.match_request_methods(
+        id,
+        method.as_str(),
+        &overrides,
+        &judged.path,
+        judged.query.as_deref(),
+    ) {
+        let rule = rule.unwrap_or("none").to_owned();
+        plan.deny_late(policy, reason).map_err(|_| (reason, rule))?;
+    }
+    Ok(())
+}
+
+/// Whether the deciding rule's answer for this path and query depends on the method at
+/// all. When every method (the standard ones and an unknown token) is allowed, no override
+/// can change the decision and a form body need not be read for one.
+fn method_matters(policy: &CompiledPolicy, rule: Option<RuleId>, judged: &Judged) -> bool {
+    const PROBES: [&str; 10] = [
+        "GET",
+        "HEAD",
+        "POST",
+        "PUT",
+        "PATCH",
+        "DELETE",
+        "OPTIONS",
+        "TRACE",
+        "CONNECT",
+        "X-PALISADE-ANY",
+    ];
+    let Some(id) = rule else { return false };
+    !PROBES.iter().all(|m| {
+        policy
+            .match_request(id, m, &judged.path, judged.query.as_deref())
+            .is_allow()
+    })
+}
+
+/// Whether a raw request path has a `;` (also percent-encoded) in any segment: Tomcat, Jetty
+/// and Spring strip such "path parameters" before routing (`/secret;x=1/` is `/secret/`,
+/// `/a/..;/secret` is `/secret`), other servers keep them.
+fn has_path_parameters(path: &str) -> bool {
+    path.contains(';') || path.contains("%3b") || path.contains("%3B")
+}
 
 /// Refuse requests whose framing could be read differently by another HTTP implementation
 /// (request smuggling): both Content-Length and Transfer-Encoding, or several Content-Length.
@@ -397,7 +481,7 @@ impl HttpProxy {
 
     /// Decide and answer one request; also returns the rule label for metrics (`none` when
     /// the request was refused before a rule decided).
-    async fn handle_inner(&self, mut req: Request<Incoming>) -> (Response<Body>, String) {
+    async fn handle_inner(&self, req: Request<Incoming>) -> (Response<Body>, String) {
         let none = || "none".to_owned();
         let policy = self.shared.policy.borrow().clone();
         let framing = framing_problem(&req);
@@ -437,7 +521,7 @@ impl HttpProxy {
                     Some(&host),
                 ),
             );
-            discard(req);
+            discard(Some(req.into_body()));
             return (resp, none());
         }
         let inspected = matches!(self.target, Target::Inspected(_));
@@ -445,26 +529,29 @@ impl HttpProxy {
         if inspected {
             self.counted_connection.store(true, Ordering::Relaxed);
         }
-        let outcome = |verdict| Outcome {
-            info: &self.info,
-            protocol: Protocol::Http,
-            name: Some(host.as_str()),
-            port,
-            policy: policy.name(),
-            mode: policy.mode(),
-            verdict,
-            count_connection: first,
-            count_request: true,
+        let record_outcome = |verdict: Result<&Plan, (DenyReason, &str)>| {
+            let outcome = Outcome {
+                info: &self.info,
+                protocol: Protocol::Http,
+                name: Some(host.as_str()),
+                port,
+                policy: policy.name(),
+                mode: policy.mode(),
+                verdict,
+                count_connection: first,
+                count_request: true,
+            };
+            record(&self.shared.metrics, &outcome);
         };
         let plan = match self.decide(&policy, &host, port).await {
             Ok(plan) => plan,
             Err(Refusal::Denied { reason, rule_label }) => {
-                record(&self.shared.metrics, &outcome(Err((reason, &rule_label))));
+                record_outcome(Err((reason, &rule_label)));
                 let resp = json_response(
                     StatusCode::FORBIDDEN,
                     &denied_body(reason, &rule_label, Some(&host)),
                 );
-                discard(req);
+                discard(Some(req.into_body()));
                 return (resp, rule_label);
             }
             Err(Refusal::Unresolvable) => {
@@ -477,32 +564,71 @@ impl HttpProxy {
                         Some(&host),
                     ),
                 );
-                discard(req);
+                discard(Some(req.into_body()));
                 return (resp, none());
             }
         };
-        let plan = match self.http_rules(&policy, plan, &mut req) {
-            Ok(plan) => plan,
-            Err(Ok((reason, rule_label))) => {
-                record(&self.shared.metrics, &outcome(Err((reason, &rule_label))));
-                let resp = json_response(
-                    StatusCode::FORBIDDEN,
-                    &denied_body(reason, &rule_label, Some(&host)),
-                );
-                discard(req);
-                return (resp, rule_label);
+        let (mut parts, body) = req.into_parts();
+        let denied = |reason, rule_label: String, body: Option<Incoming>| {
+            record_outcome(Err((reason, &rule_label)));
+            discard(body);
+            let resp = json_response(
+                StatusCode::FORBIDDEN,
+                &denied_body(reason, &rule_label, Some(&host)),
+            );
+            (resp, rule_label)
+        };
+        let bad = |kind: BadInput, status: StatusCode, why: &str, body: Option<Incoming>| {
+            self.shared.metrics.bad_input(kind);
+            discard(body);
+            let resp = json_response(status, &error_body("bad_request", why, Some(&host)));
+            (resp, none())
+        };
+        let (mut plan, judged) = match self.http_rules(&policy, plan, &mut parts) {
+            Ok(judged) => judged,
+            Err(Refused::Denied(reason, rule)) => return denied(reason, rule, Some(body)),
+            Err(Refused::Bad(kind, why)) => {
+                return bad(kind, StatusCode::BAD_REQUEST, why, Some(body));
             }
-            Err(Err(why)) => {
-                self.shared.metrics.bad_input(BadInput::MalformedHttp);
-                let resp = json_response(
+        };
+        // Nothing goes upstream before the body's first PREREAD_LIMIT bytes are in: a body
+        // that breaks inside them is refused here, never half-sent.
+        let preread = match preread(body, PREREAD_LIMIT).await {
+            Ok(preread) => preread,
+            Err(err) => return self.broken_body(&err, parts.version, &host),
+        };
+        if let Some(judged) = &judged
+            && method::is_form(&parts.method, &parts.headers)
+            && method_matters(&policy, plan.rule, judged)
+        {
+            // `_method` in a urlencoded form body (Rails, Laravel, Symfony, Spring).
+            if !preread.complete() {
+                let why = "a urlencoded form body longer than the sidecar reads ahead cannot be \
+                           checked for a `_method` override; send it with another Content-Type";
+                return bad(
+                    BadInput::FormTooLarge,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    why,
+                    preread.rest,
+                );
+            }
+            let mut overrides = judged.overrides.clone();
+            if let Err(why) = method::form_overrides(&mut overrides, &preread.data) {
+                return bad(
+                    BadInput::BadMethodOverride,
                     StatusCode::BAD_REQUEST,
-                    &error_body("bad_request", why, Some(&host)),
+                    why,
+                    None,
                 );
-                discard(req);
-                return (resp, none());
             }
-        };
-        record(&self.shared.metrics, &outcome(Ok(&plan)));
+            if overrides.len() > judged.overrides.len()
+                && let Err((reason, rule)) =
+                    judge(&policy, &mut plan, &parts.method, &overrides, judged)
+            {
+                return denied(reason, rule, None);
+            }
+        }
+        record_outcome(Ok(&plan));
         // A gateway-delivered secret goes only to the endpoints it is bound to.
         if inspected
             && let Some(name) = plan.rule.and_then(|id| policy.rule(id).credential())
@@ -512,13 +638,13 @@ impl HttpProxy {
                 def,
                 &host,
                 port,
-                normalize_path(req.uri().path()).as_deref(),
+                normalize_path(parts.uri.path()).as_deref(),
             )
         {
             tracing::warn!(target: "audit", event = "credential_endpoint_mismatch", credential = name,
                 rule = plan.rule_label.as_str(), policy = policy.name(), client = %self.info.client,
                 name = host.as_str(), port, "credential not bound to this endpoint; request refused");
-            discard(req);
+            discard(preread.rest);
             let body = error_body(
                 "credential_endpoint_mismatch",
                 &why.to_string(),
@@ -532,11 +658,11 @@ impl HttpProxy {
         let injection = if inspected {
             // Normalised like the rule match (a path that cannot be normalised was refused).
             let path =
-                normalize_path(req.uri().path()).unwrap_or_else(|| req.uri().path().to_owned());
+                normalize_path(parts.uri.path()).unwrap_or_else(|| parts.uri.path().to_owned());
             match self.credential(&policy, &plan, &host, port, &path).await {
                 Ok(injection) => injection,
                 Err(resp) => {
-                    discard(req);
+                    discard(preread.rest);
                     return (resp, plan.rule_label.clone());
                 }
             }
@@ -544,8 +670,36 @@ impl HttpProxy {
             None
         };
         let credential = plan.rule.and_then(|id| policy.rule(id).credential());
+        let req = Request::from_parts(parts, UpstreamBody::new(preread));
         let resp = self.forward(req, &plan, &host, injection, credential).await;
         (resp, plan.rule_label.clone())
+    }
+
+    /// The answer to a request whose body broke before anything was sent upstream: 400, and
+    /// the connection closes (its framing cannot be trusted). HTTP/1 bodies were already
+    /// counted and audited by the raw stream check ([`head`]), which saw the break.
+    fn broken_body(
+        &self,
+        err: &hyper::Error,
+        version: Version,
+        host: &str,
+    ) -> (Response<Body>, String) {
+        tracing::debug!(error = %err, "request body failed before the upstream");
+        if version >= Version::HTTP_2 {
+            self.shared.metrics.bad_input(BadInput::MalformedBody);
+        }
+        (self.broken_body_answer(host), "none".to_owned())
+    }
+
+    /// 400 `malformed request body`, `Connection: close`.
+    fn broken_body_answer(&self, host: &str) -> Response<Body> {
+        let mut resp = json_response(
+            StatusCode::BAD_REQUEST,
+            &error_body("bad_request", MALFORMED_BODY, Some(host)),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
     }
 
     /// The header to inject for the deciding rule's credential, if it has one. A credential
@@ -723,51 +877,63 @@ impl HttpProxy {
 
     /// Apply the rule's `http` section, if any. The path is normalised first (and the
     /// request rewritten to it, so the upstream sees exactly what was judged); ambiguous
-    /// paths are refused. `Err(Ok(denial))` = refused, `Err(Err(msg))` = bad request.
-    #[allow(clippy::type_complexity)]
+    /// paths, `;` path parameters and method overrides that are not methods are refused
+    /// (400). The method and every override the head carries (headers, `_method` in the
+    /// query) are decided, deny wins. Returns what was judged when the rule has HTTP rules.
     fn http_rules(
         &self,
         policy: &CompiledPolicy,
         mut plan: Plan,
-        req: &mut Request<Incoming>,
-    ) -> Result<Plan, Result<(palisade_policy::DenyReason, String), &'static str>> {
-        let Some(id) = plan.rule else { return Ok(plan) };
-        if !policy.rule(id).has_http_rules() {
-            return Ok(plan);
-        }
-        let path = normalize_path(req.uri().path()).ok_or(Err(
-            "the request path is ambiguous (encoded slash or backslash, empty or invalid segment)",
-        ))?;
-        let query = req.uri().query().map(str::to_owned);
-        if let Decision::Deny { reason, rule, .. } =
-            policy.match_request(id, req.method().as_str(), &path, query.as_deref())
-        {
-            let rule = rule.unwrap_or("none").to_owned();
-            plan.deny_late(policy, reason)
-                .map_err(|_| Ok((reason, rule)))?;
-        }
-        let pq = match &query {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
+        parts: &mut http::request::Parts,
+    ) -> Result<(Plan, Option<Judged>), Refused> {
+        let Some(id) = plan.rule else {
+            return Ok((plan, None));
         };
-        let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query =
-            Some(PathAndQuery::from_str(&pq).map_err(|_| Err("invalid request path"))?);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Err("invalid request target"))?;
-        Ok(plan)
+        if !policy.rule(id).has_http_rules() {
+            return Ok((plan, None));
+        }
+        if has_path_parameters(parts.uri.path()) {
+            return Err(Refused::Bad(BadInput::AmbiguousPath, PATH_PARAMETERS));
+        }
+        let path = normalize_path(parts.uri.path())
+            .ok_or(Refused::Bad(BadInput::AmbiguousPath, AMBIGUOUS_PATH))?;
+        let query = parts.uri.query().map(str::to_owned);
+        let overrides = method::overrides(&parts.headers, query.as_deref())
+            .map_err(|why| Refused::Bad(BadInput::BadMethodOverride, why))?;
+        let judged = Judged {
+            path,
+            query,
+            overrides,
+        };
+        judge(policy, &mut plan, &parts.method, &judged.overrides, &judged)
+            .map_err(|(reason, rule)| Refused::Denied(reason, rule))?;
+        let pq = match &judged.query {
+            Some(q) => format!("{}?{q}", judged.path),
+            None => judged.path.clone(),
+        };
+        let invalid = Refused::Bad(BadInput::MalformedHttp, "invalid request path");
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = Some(PathAndQuery::from_str(&pq).map_err(|_| invalid)?);
+        parts.uri = Uri::from_parts(uri)
+            .map_err(|_| Refused::Bad(BadInput::MalformedHttp, "invalid request target"))?;
+        Ok((plan, Some(judged)))
     }
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
         plan: &Plan,
         host: &str,
         injection: Option<(HeaderName, HeaderValue)>,
         credential: Option<&str>,
     ) -> Response<Body> {
-        let upgrade = upgrade_requested(req.headers());
+        let upgrade = permitted_upgrade(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        strip_hop_by_hop(req.headers_mut(), upgrade.as_ref());
+        strip_hop_by_hop(
+            req.headers_mut(),
+            upgrade.as_ref(),
+            injection.as_ref().map(|(name, _)| name),
+        );
         if let Some((name, value)) = injection {
             // Every agent-supplied instance goes (HeaderMap names are case-insensitive), and
             // the agent's own Authorization never reaches an upstream that gets a credential.
@@ -791,8 +957,14 @@ impl HttpProxy {
             *req.uri_mut() = Uri::from(pq);
         }
         *req.version_mut() = Version::HTTP_11;
+        let broken = req.body().broken();
 
         let failed = |why: &str| {
+            if broken.load(Ordering::Relaxed) {
+                // The agent's body broke while it was streamed: the upstream connection was
+                // aborted before the end of the body, and the fault is the agent's.
+                return self.broken_body_answer(host);
+            }
             json_response(
                 StatusCode::BAD_GATEWAY,
                 &error_body("upstream_error", why, Some(host)),
@@ -814,7 +986,9 @@ impl HttpProxy {
                 Ok(resp) => resp,
                 Err(err) => {
                     tracing::debug!(error = %err, "upstream HTTP exchange failed");
-                    self.shared.metrics.upstream_error(UpstreamError::Http);
+                    if !broken.load(Ordering::Relaxed) {
+                        self.shared.metrics.upstream_error(UpstreamError::Http);
+                    }
                     *slot = None;
                     return failed("the upstream failed to answer");
                 }
@@ -822,12 +996,27 @@ impl HttpProxy {
             slot_guard = Some(slot);
             (resp, None)
         };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let switched = permitted_upgrade(resp.headers());
+            let Some(client_upgrade) = client_upgrade.filter(|_| switched.is_some()) else {
+                // A switch nobody asked for (the request's Upgrade was removed) or to another
+                // protocol than WebSocket: the upstream connection is not reused or relayed.
+                if let Some(slot) = slot_guard.as_mut() {
+                    **slot = None;
+                }
+                drop(pooled);
+                self.shared.metrics.upstream_error(UpstreamError::Http);
+                return json_response(
+                    StatusCode::BAD_GATEWAY,
+                    &error_body(
+                        "upstream_error",
+                        "the upstream switched to a protocol the sidecar does not relay",
+                        Some(host),
+                    ),
+                );
+            };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let response_upgrade = upgrade_requested(resp.headers());
-            strip_hop_by_hop(resp.headers_mut(), response_upgrade.as_ref());
+            strip_hop_by_hop(resp.headers_mut(), switched.as_ref(), None);
             // The upstream connection now belongs to the upgraded protocol.
             if let Some(slot) = slot_guard.as_mut() {
                 **slot = None;
@@ -848,7 +1037,7 @@ impl HttpProxy {
                 }
             });
         } else {
-            strip_hop_by_hop(resp.headers_mut(), None);
+            strip_hop_by_hop(resp.headers_mut(), None, None);
             if let Some((key, mut sender)) = pooled {
                 // Back to the pool once this response's body has been relayed.
                 let pool = self.shared.pool.clone();
@@ -870,9 +1059,16 @@ impl HttpProxy {
         conn: &Inspected,
         dial: &[SocketAddr],
         credential: Option<&str>,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, PoolKey, SendRequest<Incoming>), &'static str> {
+        mut req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, PoolKey, SendRequest<UpstreamBody>), &'static str> {
         let metrics = &self.shared.metrics;
+        let broken = req.body().broken();
+        let upstream_failed = || {
+            if !broken.load(Ordering::Relaxed) {
+                metrics.upstream_error(UpstreamError::Http);
+            }
+            "the upstream failed to answer"
+        };
         if let Some((key, mut sender)) = self.shared.pool.take(dial, &conn.sni, credential) {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, key, sender)),
@@ -880,8 +1076,7 @@ impl HttpProxy {
                     Some(unsent) => req = unsent,
                     None => {
                         tracing::debug!(error = %err.error(), "pooled upstream exchange failed");
-                        metrics.upstream_error(UpstreamError::Http);
-                        return Err("the upstream failed to answer");
+                        return Err(upstream_failed());
                     }
                 },
             }
@@ -909,8 +1104,7 @@ impl HttpProxy {
             Ok(resp) => Ok((resp, key, sender)),
             Err(err) => {
                 tracing::debug!(error = %err, "upstream HTTP exchange failed");
-                metrics.upstream_error(UpstreamError::Http);
-                Err("the upstream failed to answer")
+                Err(upstream_failed())
             }
         }
     }
@@ -921,7 +1115,7 @@ impl HttpProxy {
         &self,
         slot: &'s mut Option<Upstream>,
         dial: &[SocketAddr],
-    ) -> Result<&'s mut SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<&'s mut SendRequest<UpstreamBody>, UpstreamError> {
         let reusable = match slot.as_mut() {
             Some(up) if dial.contains(&up.addr) && !up.sender.is_closed() => {
                 up.sender.ready().await.is_ok()
@@ -981,7 +1175,7 @@ impl HttpProxy {
 }
 
 /// HTTP/1 client handshake on an upstream connection; the connection task runs detached.
-async fn handshake<T>(io: T) -> Result<SendRequest<Incoming>, UpstreamError>
+async fn handshake<T>(io: T) -> Result<SendRequest<UpstreamBody>, UpstreamError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -1027,12 +1221,24 @@ pub fn parse_authority(raw: &str) -> Result<(String, Option<u16>), &'static str>
     Ok((host, port))
 }
 
-/// The `Upgrade` value if this message asks to switch protocols (`Connection: upgrade`).
-fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let upgrade = headers.get(header::UPGRADE)?.clone();
-    connection_tokens(headers)
-        .any(|t| t.eq_ignore_ascii_case("upgrade"))
-        .then_some(upgrade)
+/// The one protocol upgrade the sidecar relays: WebSocket (RFC 6455), whose requests and
+/// messages the policy can still reason about (the upgrade request is decided like any GET).
+/// Every other `Upgrade` token — `h2c` above all, after which the connection would carry
+/// HTTP/2 requests that are never decided — is removed and the request forwarded as a plain
+/// request (answered with `Connection: close`, see [`switch_requested`]).
+const RELAYED_UPGRADE: &str = "websocket";
+
+/// `Upgrade: websocket` if this message asks to switch (`Connection: upgrade`) to WebSocket
+/// among its `Upgrade` tokens; `None` otherwise (no switch, or only other protocols).
+fn permitted_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    let websocket = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(RELAYED_UPGRADE));
+    (asks && websocket).then(|| HeaderValue::from_static(RELAYED_UPGRADE))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -1045,11 +1251,35 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Remove hop-by-hop headers (RFC 9110 §7.6.1) and anything `Connection` names; keep a
-/// protocol upgrade if one is being negotiated.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: Option<&HeaderValue>) {
+/// End-to-end headers the decision, the credential injection or the upstream's routing rely
+/// on: a `Connection` token naming one of them is ignored (RFC 9110 §7.6.1 lets a proxy
+/// drop what `Connection` names; dropping these would make the upstream see another request
+/// than the one that was judged, e.g. `Connection: host` leaving it without `Host`).
+const PROTECTED: [HeaderName; 5] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+    header::COOKIE,
+];
+
+/// Whether `Connection` may not remove this header: [`PROTECTED`], the method-override
+/// headers ([`method::OVERRIDE_HEADERS`]) and `keep`.
+fn protected(name: &HeaderName, keep: Option<&HeaderName>) -> bool {
+    PROTECTED.contains(name) || method::OVERRIDE_HEADERS.contains(name) || Some(name) == keep
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1) and what `Connection` names — except the
+/// [`PROTECTED`] headers and `keep` (the injected credential's header) — plus
+/// `HTTP2-Settings`; keep a WebSocket upgrade if one is being negotiated.
+pub fn strip_hop_by_hop(
+    headers: &mut HeaderMap,
+    keep_upgrade: Option<&HeaderValue>,
+    keep: Option<&HeaderName>,
+) {
     let listed: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|name| !protected(name, keep))
         .collect();
     for name in listed {
         headers.remove(name);
@@ -1067,6 +1297,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: Option<&HeaderVal
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+    headers.remove("http2-settings");
     if let Some(upgrade) = keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade.clone());
@@ -1183,19 +1414,111 @@ mod tests {
         );
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        strip_hop_by_hop(&mut h, None);
+        strip_hop_by_hop(&mut h, None, None);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::ACCEPT));
 
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let up = upgrade_requested(&h);
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        let up = permitted_upgrade(&h);
         assert_eq!(up.as_ref().map(|v| v.to_str().unwrap()), Some("websocket"));
-        strip_hop_by_hop(&mut h, up.as_ref());
+        strip_hop_by_hop(&mut h, up.as_ref(), None);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_kept() {
+        let upgrade = |connection: &'static str, upgrade: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+            h.insert(
+                "http2-settings",
+                HeaderValue::from_static("AAMAAABkAAQAAP__"),
+            );
+            let up = permitted_upgrade(&h);
+            strip_hop_by_hop(&mut h, up.as_ref(), None);
+            (up, h)
+        };
+        for (connection, value) in [
+            ("Upgrade, HTTP2-Settings", "h2c"),
+            ("upgrade", "H2C"),
+            ("upgrade", "h2"),
+            ("upgrade", "TLS/1.2"),
+            ("upgrade", "echo"),
+            // Upgrade without `Connection: upgrade` is no switch at all.
+            ("keep-alive", "websocket"),
+        ] {
+            let (up, h) = upgrade(connection, value);
+            assert_eq!(up, None, "{connection} / {value}");
+            assert!(h.is_empty(), "{connection} / {value}: {h:?}");
+        }
+        // h2c offered beside WebSocket: only WebSocket goes upstream.
+        let (up, h) = upgrade("upgrade, http2-settings", "h2c, websocket");
+        assert_eq!(up.unwrap(), "websocket");
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert!(!h.contains_key("http2-settings"));
+    }
+
+    #[test]
+    fn connection_cannot_remove_what_the_decision_relies_on() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static(
+                "Host, content-length, Content-Type, authorization, cookie, \
+                 X-HTTP-Method-Override, x-http-method, x-method-override, x-api-key, x-hop",
+            ),
+        );
+        for (name, value) in [
+            ("host", "allowed.test"),
+            ("content-length", "2"),
+            ("content-type", "text/plain"),
+            ("authorization", "Bearer agent"),
+            ("cookie", "a=1"),
+            ("x-http-method-override", "GET"),
+            ("x-http-method", "GET"),
+            ("x-method-override", "GET"),
+            ("x-api-key", "injected"),
+            ("x-hop", "1"),
+        ] {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+        let key = HeaderName::from_static("x-api-key");
+        strip_hop_by_hop(&mut h, None, Some(&key));
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "authorization",
+                "content-length",
+                "content-type",
+                "cookie",
+                "host",
+                "x-api-key",
+                "x-http-method",
+                "x-http-method-override",
+                "x-method-override"
+            ]
+        );
+    }
+
+    #[test]
+    fn path_parameters_are_found() {
+        for p in ["/a;x=1/b", "/a/..;/b", "/a;", "/a%3bb", "/a%3Bb", "/;/"] {
+            assert!(has_path_parameters(p), "{p}");
+        }
+        for p in ["/a/b", "/a%3/b", "/a%253Bb", "/"] {
+            assert!(!has_path_parameters(p), "{p}");
+        }
     }
 
     #[test]

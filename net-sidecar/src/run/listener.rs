@@ -24,8 +24,9 @@ use super::splice::reset;
 
 const BACKLOG: i32 = 1024;
 
-/// Bind one TCP listener.
-pub fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Bind one TCP listener (non-blocking, listening), before any async runtime exists: the
+/// keeper binds, the data plane adopts ([`super::keeper`]).
+pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -34,16 +35,22 @@ pub fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// Bind one TCP listener in the current runtime.
+#[cfg(test)]
+pub fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr)?)
 }
 
 /// Bind every address; an address whose family is unavailable here (no IPv6 in the
 /// namespace) is skipped with a warning, any other failure is an error, and at least one
 /// listener must come up.
-pub fn bind_all(what: &str, addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+pub fn bind_all(what: &str, addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
     let mut out = Vec::new();
     for &addr in addrs {
-        match bind_one(addr) {
+        match bind_std(addr) {
             Ok(l) => out.push(l),
             Err(err) if family_unavailable(&err) => {
                 tracing::warn!(listener = what, %addr, error = %err, "address family unavailable; not listening there");

@@ -107,10 +107,20 @@ pub enum BadInput {
     ObsFold,
     /// Request with more than one Host header (answered 400).
     MultipleHost,
+    /// A request body whose framing broke or that ended early (answered 400 before anything
+    /// went upstream, or the upstream connection aborted if it broke later).
+    MalformedBody,
+    /// A path the HTTP rules cannot judge unambiguously: `;` path parameters, encoded `/`
+    /// or `\`, empty segments (answered 400).
+    AmbiguousPath,
+    /// A method override (header or `_method`) that is not a method token (answered 400).
+    BadMethodOverride,
+    /// A urlencoded form body too long to check for `_method` (answered 413).
+    FormTooLarge,
 }
 
 impl BadInput {
-    pub const ALL: [BadInput; 13] = [
+    pub const ALL: [BadInput; 17] = [
         BadInput::MalformedClientHello,
         BadInput::ClientHelloTooLarge,
         BadInput::MalformedHttp,
@@ -124,6 +134,10 @@ impl BadInput {
         BadInput::BareLf,
         BadInput::ObsFold,
         BadInput::MultipleHost,
+        BadInput::MalformedBody,
+        BadInput::AmbiguousPath,
+        BadInput::BadMethodOverride,
+        BadInput::FormTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -141,6 +155,10 @@ impl BadInput {
             BadInput::BareLf => "bare_lf",
             BadInput::ObsFold => "obs_fold",
             BadInput::MultipleHost => "multiple_host",
+            BadInput::MalformedBody => "malformed_body",
+            BadInput::AmbiguousPath => "ambiguous_path",
+            BadInput::BadMethodOverride => "bad_method_override",
+            BadInput::FormTooLarge => "form_too_large",
         }
     }
 }

@@ -34,6 +34,7 @@ mod explicit;
 mod http;
 mod inspect;
 mod io;
+mod keeper;
 mod listener;
 mod metrics;
 mod peek;
@@ -87,9 +88,24 @@ pub struct Shared {
     pub pool: Arc<pool::UpstreamPool>,
 }
 
-/// Entry point of `palisade-sidecar run`.
+/// Entry point of `palisade-sidecar run`: the keeper binds the listening sockets and runs
+/// the data plane as its child ([`keeper`]); the child (hidden `--data-plane-sockets`)
+/// serves on them.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let child = args
+        .data_plane_sockets
+        .clone()
+        .map(|roles| (roles, args.data_plane_keeper, args.data_plane_restarts));
     let config = Config::from_args(args)?;
+    let Some((roles, keeper_pid, restarts)) = child else {
+        init_logging(config.log_format, None);
+        let sockets = keeper::Sockets::bind(&config)?;
+        return keeper::keep(sockets, config.ready_file.clone());
+    };
+    if let Some(pid) = keeper_pid {
+        keeper::bind_to_keeper(pid)?;
+    }
+    let sockets = keeper::Sockets::inherit(&roles)?;
     // With a gateway, audit events are also pushed there (bounded buffer, drop-oldest).
     let audit = match &config.origin {
         Origin::Gateway(_) => Some(crate::identity::audit_push::AuditBuffer::new(
@@ -106,7 +122,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .thread_name("palisade-dataplane")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, audit))
+    runtime.block_on(run(config, audit, sockets, restarts))
 }
 
 fn init_logging(format: LogFormat, audit: Option<crate::identity::audit_push::AuditLayer>) {
@@ -133,27 +149,44 @@ fn init_logging(format: LogFormat, audit: Option<crate::identity::audit_push::Au
     }
 }
 
-/// Whether this network namespace can bind an address of `addr`'s family and scope.
-fn family_available(addr: SocketAddr) -> bool {
-    listener::bind_one(SocketAddr::new(addr.ip(), 0)).is_ok()
-}
-
 /// Everything bound and loaded; the moment the sidecar can enforce policy.
 struct Running {
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     max_connections: u32,
     bound: Vec<(&'static str, SocketAddr)>,
+    /// The keeper's readiness note.
+    notify: Option<std::os::unix::net::UnixDatagram>,
+}
+
+/// Adopt listeners bound before the runtime existed.
+fn adopt(listeners: Vec<std::net::TcpListener>) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    listeners
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            Ok(tokio::net::TcpListener::from_std(l)?)
+        })
+        .collect()
 }
 
 async fn start(
     config: &Config,
     audit: Option<Arc<crate::identity::audit_push::AuditBuffer>>,
+    sockets: keeper::Sockets,
+    restarts: u64,
 ) -> anyhow::Result<Running> {
     let metrics = Metrics::new().context("cannot register metrics")?;
+    let restarted = prometheus::IntCounter::new(
+        "palisade_sidecar_data_plane_restarts_total",
+        "Times the keeper started a new data plane after one died (its listening sockets \
+         stayed open throughout).",
+    )?;
+    metrics.registry().register(Box::new(restarted.clone()))?;
+    restarted.inc_by(restarts);
     // Admin first: /live answers (and /ready says "starting") while the policy is awaited.
     let state = State::new();
-    let admin = listener::bind_all("admin (/live, /ready, /metrics)", &config.admin)?;
+    let admin = adopt(sockets.admin)?;
     let mut bound = Vec::new();
     bound.extend(
         admin
@@ -197,20 +230,16 @@ async fn start(
     let dns_metrics =
         DnsMetrics::register(metrics.registry()).context("cannot register DNS metrics")?;
     let dns_config = DnsConfig {
-        listen: config
-            .dns_listen
-            .iter()
-            .copied()
-            .filter(|a| family_available(*a))
-            .collect(),
+        #[cfg(test)]
+        listen: Vec::new(),
         upstreams: upstreams.clone(),
         deny_rcode: config.dns_deny_rcode,
         upstream_timeout: config.dns_upstream_timeout,
     };
-    let dns_server = dns::bind(&dns_config).await?;
+    let dns_server = dns::DnsServer::from_sockets(sockets.dns, &dns_config)?;
 
-    let outbound = listener::bind_all("transparent egress", &config.outbound)?;
-    let explicit = listener::bind_all("the explicit proxy", &config.explicit)?;
+    let outbound = adopt(sockets.outbound)?;
+    let explicit = adopt(sockets.explicit)?;
 
     for (what, ls) in [("transparent", &outbound), ("explicit", &explicit)] {
         bound.extend(
@@ -284,6 +313,7 @@ async fn start(
         limit,
         max_connections: config.max_connections,
         bound,
+        notify: sockets.notify,
     })
 }
 
@@ -313,13 +343,16 @@ async fn ca_maintenance(
 async fn run(
     config: Config,
     audit: Option<Arc<crate::identity::audit_push::AuditBuffer>>,
+    sockets: keeper::Sockets,
+    restarts: u64,
 ) -> anyhow::Result<ExitCode> {
-    let running = start(&config, audit).await?;
+    let running = start(&config, audit, sockets, restarts).await?;
     let ready_file = config.ready_file.clone().map(ReadyFile);
     if let Some(f) = &ready_file {
         f.write()?;
     }
     running.shared.state.set_ready();
+    keeper::notify_ready(running.notify.as_ref());
     let listeners: Vec<String> = running
         .bound
         .iter()

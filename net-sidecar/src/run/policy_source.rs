@@ -10,14 +10,20 @@
 //! The file is polled once per [`POLL_INTERVAL`] and compared byte for byte, which is robust
 //! to editors' write-to-temp-and-rename, to ConfigMap `..data` symlink swaps, and to
 //! filesystems without inotify.
-//! Must never: replace a good policy with a broken one, or crash because the file vanished.
+//! A policy delivered by the gateway may not use the `file` or `env` credential sources (they
+//! read the sidecar's own files and environment, which only a locally loaded `--policy` may
+//! name): such a policy is refused like a broken one — the gateway refuses to store it, and
+//! this is the second line of defence.
+//! Must never: replace a good policy with a broken one, crash because the file vanished, or
+//! accept a `file`/`env` credential from the gateway.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use palisade_policy::{CompiledPolicy, MAX_POLICY_BYTES, parse_policy};
+use palisade_policy::model::CredentialSource;
+use palisade_policy::{CompiledPolicy, MAX_POLICY_BYTES, Policy, parse_policy};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
@@ -47,15 +53,42 @@ fn compile(path: &Path, bytes: &[u8]) -> anyhow::Result<CompiledPolicy> {
 }
 
 fn compile_named(what: &str, bytes: &[u8]) -> anyhow::Result<CompiledPolicy> {
+    parse_named(what, bytes).map(|policy| CompiledPolicy::compile(&policy))
+}
+
+fn parse_named(what: &str, bytes: &[u8]) -> anyhow::Result<Policy> {
     anyhow::ensure!(
         bytes.len() <= MAX_POLICY_BYTES,
         "policy {what} is larger than the {MAX_POLICY_BYTES}-byte limit"
     );
-    let policy = parse_policy(bytes).map_err(|errors| {
+    parse_policy(bytes).map_err(|errors| {
         anyhow::anyhow!(
             "policy {what} is invalid; fix these problems (check it with `palisade policy validate`):\n{errors}"
         )
-    })?;
+    })
+}
+
+/// A policy from the gateway: valid, and without `file`/`env` credential sources.
+fn compile_delivered(update: &PolicyUpdate) -> anyhow::Result<CompiledPolicy> {
+    let what = format!("revision {} from the gateway", update.revision);
+    let policy = parse_named(&what, update.text.as_bytes())?;
+    for (name, credential) in &policy.spec.credentials {
+        let kind = match credential.from {
+            CredentialSource::File(_) => "file",
+            CredentialSource::Env(_) => "env",
+            _ => continue,
+        };
+        anyhow::bail!(
+            "policy {what} is refused: credential `{name}` uses the `{kind}` source \
+             (spec.credentials.{name}.from.{kind}), which reads this sidecar's own {}; only a \
+             policy loaded locally with --policy may do that, never one delivered by the gateway",
+            if kind == "file" {
+                "files"
+            } else {
+                "environment"
+            }
+        );
+    }
     Ok(CompiledPolicy::compile(&policy))
 }
 
@@ -121,10 +154,7 @@ impl PolicySource {
             let Some(update) = updates.recv().await else {
                 anyhow::bail!("the gateway session ended before it delivered a policy");
             };
-            match compile_named(
-                &format!("revision {} from the gateway", update.revision),
-                update.text.as_bytes(),
-            ) {
+            match compile_delivered(&update) {
                 Ok(policy) => {
                     tracing::info!(
                         revision = update.revision,
@@ -161,10 +191,7 @@ impl PolicySource {
             return;
         }
         *last = update.clone();
-        match compile_named(
-            &format!("revision {} from the gateway", update.revision),
-            update.text.as_bytes(),
-        ) {
+        match compile_delivered(&update) {
             Ok(policy) => {
                 let generation = self.metrics.policy_generation.get() + 1;
                 tracing::info!(
@@ -365,6 +392,78 @@ mod tests {
         drop(tx);
         let err = PolicySource::from_gateway(rx, metrics).await.unwrap_err();
         assert!(err.to_string().contains("before it delivered a policy"));
+    }
+
+    /// POLICY plus a credential from `source` on the `api` rule.
+    fn with_local_source(source: &str) -> String {
+        POLICY.replace(
+            "      http: {access: read-only}\n",
+            &format!(
+                "      http: {{access: read-only}}\n      credential: c\n  credentials:\n    c:\n      \
+                 from: {source}\n"
+            ),
+        )
+    }
+
+    #[tokio::test]
+    async fn gateway_feed_refuses_file_and_env_credential_sources() {
+        let file = with_local_source("{file: /var/run/secrets/kubernetes.io/serviceaccount/token}");
+        let env = with_local_source("{env: PALISADE_GATEWAY_TOKEN}");
+        // Both are fine in a local --policy file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, &file).unwrap();
+        let metrics = Metrics::new().unwrap();
+        PolicySource::load(path.clone(), metrics.clone())
+            .await
+            .unwrap();
+        std::fs::write(&path, &env).unwrap();
+        PolicySource::load(path, metrics).await.unwrap();
+
+        // From the gateway: refused at start-up (still waiting) and as an update.
+        let metrics = Metrics::new().unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let upd = |revision, text: &str| PolicyUpdate {
+            revision,
+            text: text.to_owned(),
+        };
+        tx.send(upd(1, &file)).await.unwrap();
+        tx.send(upd(2, &env)).await.unwrap();
+        tx.send(upd(3, POLICY)).await.unwrap();
+        let source = PolicySource::from_gateway(rx, metrics.clone())
+            .await
+            .unwrap();
+        assert_eq!(metrics.policy_reload_failures.get(), 2);
+        let policy = source.subscribe();
+        assert!(
+            policy.borrow().credentials().is_empty(),
+            "revision 3 is live"
+        );
+        tokio::spawn(source.watch());
+        let mut seen = policy.clone();
+        tx.send(upd(4, &file)).await.unwrap();
+        tx.send(upd(5, &POLICY.replace("allowed.test", "next.test")))
+            .await
+            .unwrap();
+        seen.changed().await.unwrap();
+        assert_eq!(
+            metrics.policy_reload_failures.get(),
+            3,
+            "revision 4 refused"
+        );
+        assert!(
+            policy
+                .borrow()
+                .match_connection("next.test", 443)
+                .0
+                .is_allow()
+        );
+        assert!(
+            compile_delivered(&upd(6, &env))
+                .unwrap_err()
+                .to_string()
+                .contains("spec.credentials.c.from.env")
+        );
     }
 
     #[tokio::test]

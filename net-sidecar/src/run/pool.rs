@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+
+use super::http::UpstreamBody;
 
 /// Idle connections kept per key. Upstream connections are HTTP/1.1, one request at a time,
 /// so this must cover the concurrency one host sees: an HTTP/2 agent easily has 100 streams
@@ -35,7 +36,7 @@ pub struct PoolKey {
 /// The idle connections.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<UpstreamBody>>>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -55,7 +56,7 @@ impl UpstreamPool {
         dial: &[SocketAddr],
         sni: &str,
         credential: Option<&str>,
-    ) -> Option<(PoolKey, SendRequest<Incoming>)> {
+    ) -> Option<(PoolKey, SendRequest<UpstreamBody>)> {
         let mut idle = match self.idle.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -79,7 +80,7 @@ impl UpstreamPool {
     }
 
     /// Keep a connection that finished its exchange.
-    pub fn put(&self, key: PoolKey, sender: SendRequest<Incoming>) {
+    pub fn put(&self, key: PoolKey, sender: SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }

@@ -154,28 +154,17 @@ pub async fn destination_verified(
     }
 }
 
-/// Addresses that are never dialled on the agent's behalf, not even in audit mode:
-/// loopback, unspecified, link-local (incl. cloud metadata 169.254.169.254), multicast,
-/// broadcast/reserved.
+/// Addresses that are never dialled on the agent's behalf, not even in audit mode: the
+/// policy crate's forbidden ranges ([`palisade_policy::addr::FORBIDDEN_RANGES`]: loopback,
+/// unspecified, link-local incl. cloud metadata 169.254.169.254, multicast, broadcast and
+/// reserved, `::/96`, site-local), judged after the policy crate's canonical form, so an
+/// IPv4-mapped or NAT64 (`64:ff9b::/96`) spelling of such an address is one too. One
+/// classification for validation, the matcher and this fallback; never a copy of it here.
 pub fn never_dialable(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_unspecified()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 0
-                || v4.octets()[0] >= 240
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6.is_unicast_link_local()
-                || (v6.segments()[0] & 0xffc0) == 0xfec0
-        }
-    }
+    matches!(
+        palisade_policy::addr::classify(ip),
+        palisade_policy::addr::AddrClass::Forbidden(_)
+    )
 }
 
 #[cfg(test)]
@@ -231,6 +220,14 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "fec0::1",
+            // NAT64 and IPv4-compatible spellings of loopback, metadata and link-local: the
+            // audit-mode fallback let these through while the policy crate forbade them.
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:1",
+            "::a9fe:a9fe",
+            "::7f00:1",
+            "::c612:10a",
         ] {
             assert!(never_dialable(ip.parse().unwrap()), "{ip}");
         }

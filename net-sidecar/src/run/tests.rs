@@ -50,6 +50,8 @@ spec:
     - {{name: allowed, hosts: [allowed.test], ports: [{port}]}}
     - {{name: opaque, hosts: [opaque.test], ports: [{port}], opaqueTcp: true}}
     - {{name: rules, hosts: [rules.test], ports: [{port}], http: {{access: read-only}}}}
+    - {{name: forms, hosts: [forms.test], ports: [{port}], http: {{access: read-write}}}}
+    - {{name: paths, hosts: [paths.test], ports: [{port}], http: {{allow: [{{path: "/open/**"}}]}}}}
 "#
     )
 }
@@ -59,6 +61,8 @@ async fn harness(yaml: &str, peek: Duration) -> Harness {
         ("allowed.test", &["127.0.0.1"]),
         ("opaque.test", &["127.0.0.1"]),
         ("rules.test", &["127.0.0.1"]),
+        ("forms.test", &["127.0.0.1"]),
+        ("paths.test", &["127.0.0.1"]),
         ("other.test", &["127.0.0.1"]),
     ]);
     let mut decider = Decider::new(Arc::new(resolver), Arc::new(AnswerCache::new(64)));
@@ -724,7 +728,8 @@ async fn admin_endpoints() {
     assert_eq!(get(addr, "/live").await.0, 200);
 }
 
-/// An upstream that answers `Upgrade: echo` with 101 and then echoes bytes.
+/// An upstream that answers any `Upgrade` with 101 (naming the first offered protocol) and
+/// then echoes bytes.
 async fn upgrade_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -733,6 +738,10 @@ async fn upgrade_server() -> SocketAddr {
             tokio::spawn(async move {
                 let svc = service_fn(
                     |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        let Some(offered) = req.headers().get("upgrade").cloned() else {
+                            let resp = hyper::Response::new(Full::new(Bytes::from("no upgrade")));
+                            return Ok::<_, std::convert::Infallible>(resp);
+                        };
                         let on_upgrade = hyper::upgrade::on(&mut req);
                         tokio::spawn(async move {
                             if let Ok(up) = on_upgrade.await {
@@ -745,12 +754,12 @@ async fn upgrade_server() -> SocketAddr {
                                 }
                             }
                         });
+                        let first = offered.to_str().unwrap().split(',').next().unwrap().trim();
                         let mut resp = hyper::Response::new(Full::new(Bytes::new()));
                         *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
                         resp.headers_mut()
                             .insert("connection", "upgrade".parse().unwrap());
-                        resp.headers_mut()
-                            .insert("upgrade", "echo".parse().unwrap());
+                        resp.headers_mut().insert("upgrade", first.parse().unwrap());
                         Ok::<_, std::convert::Infallible>(resp)
                     },
                 );
@@ -772,7 +781,7 @@ async fn http_upgrades_are_relayed_after_the_decision() {
     let mut s = TcpStream::connect(h.proxy).await.unwrap();
     s.write_all(
         format!(
-            "GET http://allowed.test:{port}/ws HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+            "GET http://allowed.test:{port}/ws HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -781,7 +790,7 @@ async fn http_upgrades_are_relayed_after_the_decision() {
     let (status, head, _) = read_response(&mut s).await;
     assert_eq!(status, 101, "{head}");
     assert!(
-        head.to_ascii_lowercase().contains("upgrade: echo"),
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
         "{head}"
     );
     s.write_all(b"ping over the upgraded connection")
@@ -795,4 +804,579 @@ async fn http_upgrades_are_relayed_after_the_decision() {
     assert_eq!(&back, b"ping over the upgraded connection");
     // Still counted as one active connection while the upgraded stream is open.
     assert_eq!(h.metrics.active_connections.get(), 1);
+}
+
+/// What a [`recorder`] upstream got on one connection.
+#[derive(Debug, Clone, Default)]
+struct Recorded {
+    /// Every byte received, in order.
+    bytes: Vec<u8>,
+    /// Request heads it answered (complete requests only).
+    answered: usize,
+    /// The peer closed the connection.
+    closed: bool,
+}
+
+type Recordings = Arc<std::sync::Mutex<Vec<Recorded>>>;
+
+/// A raw HTTP/1 upstream that records every byte of every connection. It answers each
+/// complete request (Content-Length or chunked body) with `200 ok`; a request offering an
+/// `Upgrade` is answered `101` naming the offered protocol (as an h2c server would), after
+/// which it only records.
+async fn recorder() -> (SocketAddr, Recordings) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let all: Recordings = Arc::default();
+    let conns = all.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let slot = {
+                let mut v = conns.lock().unwrap();
+                v.push(Recorded::default());
+                v.len() - 1
+            };
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut switched = false;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    conns.lock().unwrap()[slot]
+                        .bytes
+                        .extend_from_slice(&buf[..n]);
+                    if switched {
+                        continue;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some((len, upgrade)) = complete_request(&pending) {
+                        pending.drain(..len);
+                        conns.lock().unwrap()[slot].answered += 1;
+                        let answer = match upgrade {
+                            Some(proto) => {
+                                switched = true;
+                                format!(
+                                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {proto}\r\n\r\n"
+                                )
+                            }
+                            None => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_owned(),
+                        };
+                        if s.write_all(answer.as_bytes()).await.is_err() || switched {
+                            break;
+                        }
+                    }
+                }
+                conns.lock().unwrap()[slot].closed = true;
+            });
+        }
+    });
+    (addr, all)
+}
+
+/// The length of the first complete request in `buf` and the protocol it offers to upgrade
+/// to, if it is complete.
+fn complete_request(buf: &[u8]) -> Option<(usize, Option<String>)> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut fields);
+    let httparse::Status::Complete(head) = req.parse(buf).ok()? else {
+        return None;
+    };
+    let value = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+    };
+    let upgrade = value("upgrade").map(|v| v.split(',').next().unwrap_or_default().to_owned());
+    let body = &buf[head..];
+    let len = if let Some(cl) = value("content-length") {
+        let cl: usize = cl.parse().ok()?;
+        (body.len() >= cl).then_some(cl)?
+    } else if value("transfer-encoding").is_some() {
+        body.windows(5)
+            .position(|w| w == b"0\r\n\r\n")
+            .map(|p| p + 5)?
+    } else {
+        0
+    };
+    Some((head + len, upgrade))
+}
+
+fn recorded(r: &Recordings) -> Vec<Recorded> {
+    r.lock().unwrap().clone()
+}
+
+/// Everything the recorder got, as text (lossy), all connections.
+fn recorded_text(r: &Recordings) -> String {
+    recorded(r)
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Send `raw` on a fresh explicit-proxy connection (optionally shutting the write side
+/// afterwards) and read one response.
+async fn explicit(h: &Harness, raw: &[u8], shutdown: bool) -> (u16, String, String) {
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    if shutdown {
+        s.shutdown().await.unwrap();
+    }
+    read_response(&mut s).await
+}
+
+#[tokio::test]
+async fn h2c_and_other_upgrades_are_removed_not_relayed() {
+    let (up, rec) = recorder().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    for (i, upgrade) in ["h2c", "H2C", "echo", "h2c, TLS/1.2"].iter().enumerate() {
+        // Absolute form on the explicit proxy, with a rule without and one with HTTP rules.
+        for host in ["allowed.test", "rules.test"] {
+            let raw = format!(
+                "GET http://{host}:{port}/u{i} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+            );
+            let (status, head, body) = explicit(&h, raw.as_bytes(), false).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (200, "ok"),
+                "{upgrade} {host}: {head}"
+            );
+            assert!(
+                head.to_ascii_lowercase().contains("connection: close"),
+                "{head}"
+            );
+        }
+    }
+    // Plain HTTP inside a CONNECT tunnel.
+    let (mut s, status, _, _) = connect(&h, &format!("allowed.test:{port}")).await;
+    assert_eq!(status, 200);
+    s.write_all(
+        format!(
+            "GET /in-tunnel HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: upgrade, http2-settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, head, body) = read_response(&mut s).await;
+    assert_eq!((status, body.as_str()), (200, "ok"), "{head}");
+    // What reached the upstream: every request, none of them offering a switch.
+    let seen = recorded_text(&rec).to_ascii_lowercase();
+    assert_eq!(seen.matches("get /").count(), 9, "{seen}");
+    assert!(seen.contains("get /in-tunnel http/1.1"), "{seen}");
+    assert!(!seen.contains("upgrade"), "{seen}");
+    assert!(!seen.contains("http2-settings"), "{seen}");
+}
+
+/// An upstream that answers every request head with `101` to `proto`, whatever was asked.
+async fn always_switches(proto: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {proto}\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_switch_the_sidecar_did_not_ask_for_is_not_relayed() {
+    let up = always_switches("h2c").await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    for upgrade in ["h2c", "websocket"] {
+        let raw = format!(
+            "GET http://allowed.test:{port}/x HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\r\n"
+        );
+        let mut s = TcpStream::connect(h.proxy).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let (status, head, body) = read_response(&mut s).await;
+        assert_eq!(status, 502, "{upgrade}: {head}{body}");
+        assert!(body.contains("does not relay"), "{body}");
+        // Nothing of the upstream's other protocol reaches the agent; the connection closes.
+        assert!(closed_without_data(&mut s).await, "{upgrade}");
+    }
+    assert_eq!(
+        h.metrics.upstream_errors.with_label_values(&["http"]).get(),
+        2
+    );
+
+    // WebSocket offered beside h2c: only WebSocket goes upstream (and is relayed).
+    let (up, rec) = recorder().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    let raw = format!(
+        "GET http://allowed.test:{port}/ws HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n"
+    );
+    let (status, _, _) = explicit(&h, raw.as_bytes(), false).await;
+    assert_eq!(status, 101);
+    let seen = recorded_text(&rec).to_ascii_lowercase();
+    assert!(seen.contains("upgrade: websocket\r\n"), "{seen}");
+    assert!(!seen.contains("h2c"), "{seen}");
+}
+
+#[tokio::test]
+async fn path_parameters_are_refused_before_the_upstream() {
+    let (up, rec) = recorder().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    for path in [
+        "/ok/secret;x=1/y",
+        "/ok/x/..;/secret",
+        "/a;",
+        "/a%3Bb/c",
+        "/a%3bb",
+    ] {
+        let raw = format!(
+            "GET http://rules.test:{port}{path} HTTP/1.1\r\nHost: rules.test:{port}\r\n\r\n"
+        );
+        let (status, _, body) = explicit(&h, raw.as_bytes(), false).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"], "bad_request", "{path}");
+        assert!(
+            json["reason"].as_str().unwrap().contains("ambiguous path"),
+            "{body}"
+        );
+    }
+    assert!(recorded(&rec).is_empty(), "{}", recorded_text(&rec));
+    assert_eq!(
+        h.metrics
+            .bad_input
+            .with_label_values(&["ambiguous_path"])
+            .get(),
+        5
+    );
+    // Without HTTP rules the path does not matter: forwarded as sent.
+    let raw = format!(
+        "GET http://allowed.test:{port}/a;jsessionid=1 HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n"
+    );
+    let (status, _, _) = explicit(&h, raw.as_bytes(), false).await;
+    assert_eq!(status, 200);
+    assert!(recorded_text(&rec).contains("GET /a;jsessionid=1 HTTP/1.1"));
+}
+
+#[tokio::test]
+async fn method_overrides_are_decided_with_the_method() {
+    let (up, rec) = recorder().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    let send = |host: &str, path: &str, extra: &str, body: &str| {
+        format!(
+            "{} http://{host}:{port}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            if body.is_empty() { "GET" } else { "POST" },
+            body.len()
+        )
+    };
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    // (request, expected status, marker path)
+    let cases = [
+        // rules.test is read-only: GET with a DELETE / PUT override is refused.
+        (
+            send(
+                "rules.test",
+                "/h1",
+                "X-HTTP-Method-Override: DELETE\r\n",
+                "",
+            ),
+            403,
+        ),
+        (send("rules.test", "/h2", "X-HTTP-Method: put\r\n", ""), 403),
+        (
+            send("rules.test", "/h3", "X-Method-Override: PATCH\r\n", ""),
+            403,
+        ),
+        (send("rules.test", "/q1?_method=DELETE", "", ""), 403),
+        (send("rules.test", "/q2?a=1&%5Fmethod=delete", "", ""), 403),
+        // Allowed overrides pass, unchanged.
+        (
+            send("rules.test", "/ok1", "X-HTTP-Method-Override: HEAD\r\n", ""),
+            200,
+        ),
+        (send("rules.test", "/ok2?_method=GET", "", ""), 200),
+        // Not a method token: 400.
+        (
+            send(
+                "rules.test",
+                "/b1",
+                "X-HTTP-Method-Override: GET, DELETE\r\n",
+                "",
+            ),
+            400,
+        ),
+        (send("rules.test", "/b2?_method=", "", ""), 400),
+        // forms.test is read-write (no DELETE): `_method` in a urlencoded body counts.
+        (send("forms.test", "/f1", form, "a=1&_method=DELETE"), 403),
+        (send("forms.test", "/f2", "", "_method=delete"), 403),
+        (send("forms.test", "/f3", form, "a=1&_method=PATCH"), 200),
+        (
+            send(
+                "forms.test",
+                "/f4",
+                "Content-Type: application/json\r\n",
+                "{\"_method\":\"DELETE\"}",
+            ),
+            200,
+        ),
+        (send("forms.test", "/f5", form, "_method=DE LETE"), 400),
+    ];
+    for (raw, want) in &cases {
+        let (status, _, body) = explicit(&h, raw.as_bytes(), false).await;
+        assert_eq!(status, *want, "{raw}: {body}");
+    }
+    // A urlencoded body too long to check: 413, not forwarded.
+    let big = format!(
+        "a={}&_method=DELETE",
+        "x".repeat(4 * super::http::PREREAD_LIMIT)
+    );
+    let (status, _, body) =
+        explicit(&h, send("forms.test", "/f6", form, &big).as_bytes(), false).await;
+    assert_eq!(status, 413, "{body}");
+    let seen = recorded_text(&rec);
+    for (raw, want) in &cases {
+        let marker = raw
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .split(&format!("{port}"))
+            .nth(1)
+            .unwrap();
+        let reached = seen.contains(&format!(" {marker} HTTP/1.1"));
+        assert_eq!(reached, *want == 200, "{marker}: {seen}");
+    }
+    assert!(!seen.contains("/f6"), "{seen}");
+    // …unless no method could be refused there: then no override can matter, and the
+    // form is forwarded unread.
+    let (status, _, body) = explicit(
+        &h,
+        send("paths.test", "/open/f7", form, &big).as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let m = &h.metrics;
+    assert_eq!(
+        m.bad_input
+            .with_label_values(&["bad_method_override"])
+            .get(),
+        3
+    );
+    assert_eq!(m.bad_input.with_label_values(&["form_too_large"]).get(), 1);
+    assert_eq!(
+        m.denials
+            .with_label_values(&["no_matching_http_rule"])
+            .get(),
+        7
+    );
+}
+
+/// A chunked POST head for `host` on `port`.
+fn chunked_head(host: &str, port: u16, path: &str) -> Vec<u8> {
+    format!(
+        "POST http://{host}:{port}{path} HTTP/1.1\r\nHost: {host}:{port}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn broken_bodies_are_refused_before_anything_goes_upstream() {
+    let (up, rec) = recorder().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    let cases: [(&str, &[u8], bool); 6] = [
+        ("bad chunk size", b"zz\r\nabc\r\n0\r\n\r\n", false),
+        (
+            "missing CRLF after data",
+            b"3\r\nabcdef\r\n0\r\n\r\n",
+            false,
+        ),
+        ("bare LF chunk line", b"3\nabc\r\n0\r\n\r\n", false),
+        ("truncated chunk", b"10\r\nabc", true),
+        ("truncated before the last chunk", b"3\r\nabc\r\n", true),
+        ("bad trailers", b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n", false),
+    ];
+    for (what, body, shutdown) in cases {
+        // Without HTTP rules, and with HTTP rules that allow the POST.
+        for host in ["allowed.test", "forms.test"] {
+            let mut raw = chunked_head(host, port, "/broken");
+            raw.extend_from_slice(body);
+            let (status, head, json) = explicit(&h, &raw, shutdown).await;
+            assert_eq!(status, 400, "{what} ({host}): {head}{json}");
+            assert!(
+                head.to_ascii_lowercase().contains("connection: close"),
+                "{head}"
+            );
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&json).unwrap()["reason"],
+                "malformed request body",
+                "{what}"
+            );
+        }
+    }
+    // Content-Length body cut short.
+    let raw = format!(
+        "POST http://allowed.test:{port}/short HTTP/1.1\r\nHost: allowed.test:{port}\r\nContent-Length: 100\r\n\r\nabc"
+    );
+    let (status, _, _) = explicit(&h, raw.as_bytes(), true).await;
+    assert_eq!(status, 400);
+    // The upstream was never even connected to.
+    assert!(recorded(&rec).is_empty(), "{}", recorded_text(&rec));
+    assert_eq!(
+        h.metrics
+            .bad_input
+            .with_label_values(&["malformed_body"])
+            .get(),
+        13
+    );
+    assert_eq!(
+        h.metrics.upstream_errors.with_label_values(&["http"]).get(),
+        0
+    );
+
+    // Control: a well-formed chunked body is sent complete.
+    let mut raw = chunked_head("allowed.test", port, "/fine");
+    raw.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
+    let (status, _, body) = explicit(&h, &raw, false).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let got = recorded(&rec);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].answered, 1);
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_after_the_window_never_completes_upstream() {
+    let (up, rec) = recorder().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(&chunked_head("allowed.test", port, "/long"))
+        .await
+        .unwrap();
+    // More than the window in good chunks, then a broken chunk line.
+    let chunk = vec![b'x'; 16 * 1024];
+    for _ in 0..6 {
+        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        s.write_all(&chunk).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+    }
+    // Wait until the window went upstream, then break the body.
+    let started = tokio::time::timeout(PATIENCE, async {
+        while recorded(&rec)
+            .first()
+            .is_none_or(|c| c.bytes.len() < super::http::PREREAD_LIMIT)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "the start of the body never went upstream");
+    s.write_all(b"nothex\r\n").await.unwrap();
+    let (status, head, body) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{head}{body}");
+    // The upstream connection was closed before the body's end: no complete request there.
+    let closed = tokio::time::timeout(PATIENCE, async {
+        while !recorded(&rec).first().is_some_and(|c| c.closed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the upstream connection was not aborted");
+    let got = recorded(&rec);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].answered, 0, "the upstream saw a complete request");
+    assert!(!got[0].bytes.windows(5).any(|w| w == b"0\r\n\r\n"));
+    assert_eq!(
+        h.metrics.upstream_errors.with_label_values(&["http"]).get(),
+        0
+    );
+    assert_eq!(
+        h.metrics
+            .bad_input
+            .with_label_values(&["malformed_body"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn connection_cannot_strip_host_or_other_judged_headers() {
+    let (up, rec) = recorder().await;
+    let h = harness(&policy_yaml(up.port(), "enforce"), PATIENCE).await;
+    let port = up.port();
+    for host in ["allowed.test", "rules.test"] {
+        let raw = format!(
+            "POST http://{host}:{port}/c HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: host, content-length, content-type, cookie, authorization, x-hop\r\nContent-Type: text/plain\r\nCookie: c=1\r\nAuthorization: Basic eA==\r\nX-Hop: gone\r\nContent-Length: 2\r\n\r\nhi"
+        );
+        let (status, _, body) = explicit(&h, raw.as_bytes(), false).await;
+        let want = if host == "rules.test" { 403 } else { 200 };
+        assert_eq!(status, want, "{host}: {body}");
+    }
+    let raw = format!(
+        "GET http://rules.test:{port}/c HTTP/1.1\r\nHost: rules.test:{port}\r\nConnection: Host, X-HTTP-Method-Override\r\nX-HTTP-Method-Override: HEAD\r\n\r\n"
+    );
+    let (status, _, _) = explicit(&h, raw.as_bytes(), false).await;
+    assert_eq!(status, 200);
+    // Origin form inside a CONNECT tunnel: Host is the only place the name is.
+    let (mut s, status, _, _) = connect(&h, &format!("allowed.test:{port}")).await;
+    assert_eq!(status, 200);
+    s.write_all(
+        format!("GET /tunnel HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: Host\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, _) = read_response(&mut s).await;
+    assert_eq!(status, 200);
+    let tunnel = format!("get /tunnel http/1.1\r\nhost: allowed.test:{port}\r\n");
+    assert!(
+        recorded_text(&rec).to_ascii_lowercase().contains(&tunnel),
+        "{}",
+        recorded_text(&rec)
+    );
+    let seen = recorded_text(&rec).to_ascii_lowercase();
+    assert_eq!(
+        seen.matches(&format!("host: allowed.test:{port}\r\n"))
+            .count(),
+        2,
+        "{seen}"
+    );
+    assert_eq!(
+        seen.matches(&format!("host: rules.test:{port}\r\n"))
+            .count(),
+        1,
+        "{seen}"
+    );
+    for kept in [
+        "content-length: 2",
+        "content-type: text/plain",
+        "cookie: c=1",
+        "authorization: basic ea==",
+        "x-http-method-override: head",
+    ] {
+        assert!(seen.contains(kept), "{kept}: {seen}");
+    }
+    assert!(!seen.contains("x-hop"), "{seen}");
+    assert!(!seen.contains("connection: host"), "{seen}");
 }

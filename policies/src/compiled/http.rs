@@ -128,12 +128,11 @@ impl CompiledRequestRule {
     /// only if every value matches (servers disagree on which one they use).
     fn query_param_matches(&self, query: Option<&str>, key: &str, glob: &str) -> bool {
         let mut seen = false;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if *decode(k) != *key {
+        for (k, v) in query_pairs(query.unwrap_or("")) {
+            if *k != *key {
                 continue;
             }
-            let ok = wildcard_match(glob.as_bytes(), decode(v).as_bytes());
+            let ok = wildcard_match(glob.as_bytes(), v.as_bytes());
             match (self.polarity, ok) {
                 (Polarity::Deny, true) => return true,
                 (Polarity::Allow, false) => return false,
@@ -142,6 +141,17 @@ impl CompiledRequestRule {
         }
         self.polarity == Polarity::Allow && seen
     }
+}
+
+/// The `key=value` pairs of a raw query string (or an `application/x-www-form-urlencoded`
+/// body), split at `&`, keys and values percent- and `+`-decoded exactly as the query rules
+/// compare them; a pair without `=` has an empty value. Callers that look for a parameter
+/// (e.g. the sidecar's `_method` override check) see what the rules see.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k), decode(v))
+    })
 }
 
 /// Percent- and `+`-decode a query component; borrows when there is nothing to decode.
@@ -179,6 +189,23 @@ fn hex(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_pairs_decode_keys_and_values() {
+        let pairs: Vec<(String, String)> = query_pairs("a=1&&%5Fmethod=DEL%45TE&flag&x=a+b=c")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("a".into(), "1".into()),
+                ("_method".into(), "DELETE".into()),
+                ("flag".into(), String::new()),
+                ("x".into(), "a b=c".into()),
+            ]
+        );
+        assert_eq!(query_pairs("").count(), 0);
+    }
 
     #[test]
     fn decoding() {

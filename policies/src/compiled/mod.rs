@@ -13,6 +13,7 @@
 //! policy.name_allowed(host) -> bool                // DNS: some rule names the host (any port)
 //! policy.rule(id) -> &CompiledRule                 // name(), tls_mode(), needs_l7(), opaque_tcp(), credential(), allows_address(ip)
 //! policy.match_request(id, method, path, query) -> Decision   // path already normalised by the caller
+//! policy.match_request_methods(id, method, overrides, path, query) -> Decision  // deny wins over every method
 //! policy.inspected_hosts() -> impl Iterator<Item=&str>      // names for the CA's name constraints
 //! ```
 //!
@@ -36,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use self::glob::PathGlob;
 use self::http::HttpOutcome;
-pub use self::http::{READ_ONLY_METHODS, READ_WRITE_METHODS, access_label};
+pub use self::http::{READ_ONLY_METHODS, READ_WRITE_METHODS, access_label, query_pairs};
 pub use self::rule::{CompiledRule, effective_tls};
 use crate::decision::{Decision, DenyReason};
 use crate::host::{self, HostPattern};
@@ -241,6 +242,32 @@ impl CompiledPolicy {
                 reason: DenyReason::NoMatchingHttpRule,
             },
         }
+    }
+
+    /// Request-level decision for a request that may be served as any of several methods:
+    /// the method as sent plus every method-override value it carries
+    /// (`X-HTTP-Method-Override: DELETE`, `_method=DELETE`, …), which many server frameworks
+    /// use instead of the real method. Each method is matched with [`Self::match_request`]
+    /// on the same path and query; the first that is denied decides (the real method
+    /// first, then `overrides` in order), so an override can never widen what the rule
+    /// allows. When every one is allowed, the real method's allow is returned.
+    pub fn match_request_methods(
+        &self,
+        id: RuleId,
+        method: &str,
+        overrides: &[&str],
+        path: &str,
+        query: Option<&str>,
+    ) -> Decision<'_> {
+        let real = self.match_request(id, method, path, query);
+        if !real.is_allow() {
+            return real;
+        }
+        overrides
+            .iter()
+            .map(|m| self.match_request(id, m, path, query))
+            .find(|d| !d.is_allow())
+            .unwrap_or(real)
     }
 
     /// Host patterns of every rule whose TLS mode is `inspect` — the names the

@@ -544,3 +544,53 @@ fn hosts_are_given_without_port() {
         "the caller strips the port"
     );
 }
+
+#[test]
+fn method_overrides_never_widen_the_rule() {
+    let p = compiled();
+    let (_, id) = p.match_connection("api.example.com", 443);
+    let id = id.unwrap();
+    let with = |method: &str, overrides: &[&str], path: &str| {
+        p.match_request_methods(id, method, overrides, path, None)
+    };
+    // No override: the same as match_request.
+    assert_eq!(with("GET", &[], "/repos/a/b"), allow("api", "allow[0]"));
+    // Allowed real method, allowed override: the real method's allow.
+    assert_eq!(
+        with("POST", &["POST"], "/repos/a/issues"),
+        allow("api", "allow[1]")
+    );
+    // An override the allow rules do not cover is refused even though GET is allowed.
+    assert_eq!(with("GET", &["POST"], "/repos/a/b"), no_http_match("api"));
+    // A denied override (deny rules compare case-insensitively) is refused.
+    assert_eq!(
+        with("GET", &["delete"], "/repos/a/b"),
+        denied_by("api", "deny[1]")
+    );
+    assert_eq!(
+        with("GET", &["GET", "DELETE"], "/repos/a/b"),
+        denied_by("api", "deny[1]")
+    );
+    // The real method is judged first: a denied real method stays denied.
+    assert_eq!(
+        with("DELETE", &["GET"], "/repos/a/b"),
+        denied_by("api", "deny[1]")
+    );
+    // Presets: read-only refuses a PUT override on a GET.
+    let (_, ro) = p.match_connection("ro.example.net", 443);
+    let ro = ro.unwrap();
+    assert!(
+        p.match_request_methods(ro, "GET", &["HEAD"], "/x", None)
+            .is_allow()
+    );
+    assert_eq!(
+        p.match_request_methods(ro, "GET", &["PUT"], "/x", None),
+        no_http_match("ro")
+    );
+    // A rule without `http` allows every method, overrides included.
+    let (_, cdn) = p.match_connection("a.cdn.example.com", 443);
+    assert!(
+        p.match_request_methods(cdn.unwrap(), "GET", &["DELETE"], "/", None)
+            .is_allow()
+    );
+}

@@ -27,10 +27,14 @@
 //!   (hyper's `half_close` must be on so that end-of-stream mid-exchange does not abort
 //!   them), and shuts the stream down — at which point the refusal is written, so it
 //!   cannot interleave with a response hyper is still writing. Then the connection closes.
-//! * After a protocol switch request (`Upgrade` header or `CONNECT`) the bytes that follow
-//!   may be another protocol, so checking stops for good; the proxy closes the connection
-//!   after answering such a request unless the switch happened (101), so hyper never parses
-//!   a further request on it.
+//! * After a protocol switch request (`CONNECT`, or an `Upgrade` header once its body, if
+//!   any, ended) the bytes that follow may be another protocol, so checking stops for good;
+//!   the proxy closes the connection after answering such a request unless the switch
+//!   happened (101), so hyper never parses a further request on it.
+//! * A problem inside a body (broken chunked framing, or the agent closing before the body
+//!   is complete) is reported but not answered here: hyper already handed the request to
+//!   the proxy, which sees the body fail at the end of the stream and answers it (400,
+//!   nothing sent upstream within its read-ahead window).
 //! * A connection that opens with the HTTP/2 preface (hyper's auto server) is HTTP/2:
 //!   nothing is checked (HTTP/2 framing has no such ambiguity; the h2 crate refuses CR/LF/NUL
 //!   in header values).
@@ -67,6 +71,12 @@ pub enum Problem {
     Malformed,
     /// The head is longer than the limit or has too many fields (431).
     TooLarge,
+    /// Broken framing inside a request body (chunk-size line, CRLF after chunk data,
+    /// trailers). Found after hyper got the head: the proxy answers it (400, nothing sent
+    /// upstream while the body is inside the pre-read window).
+    MalformedBody,
+    /// The agent closed its side before the body it announced was complete.
+    TruncatedBody,
 }
 
 impl Problem {
@@ -81,6 +91,7 @@ impl Problem {
             Problem::MultipleHost => BadInput::MultipleHost,
             Problem::Malformed => BadInput::MalformedHttp,
             Problem::TooLarge => BadInput::HeaderTooLarge,
+            Problem::MalformedBody | Problem::TruncatedBody => BadInput::MalformedBody,
         }
     }
 
@@ -95,6 +106,10 @@ impl Problem {
             Problem::MultipleHost => "more than one Host header",
             Problem::Malformed => "malformed HTTP/1 request (head, Content-Length or chunked body)",
             Problem::TooLarge => "the request head is larger than the sidecar accepts",
+            Problem::MalformedBody => {
+                "malformed request body (chunk-size line, chunk end or trailers)"
+            }
+            Problem::TruncatedBody => "the request body ended before it was complete",
         }
     }
 
@@ -167,6 +182,8 @@ enum Step {
 struct Head {
     len: usize,
     next: State,
+    /// An `Upgrade` request: after its body (if any) the bytes may be another protocol.
+    upgrade: bool,
 }
 
 /// Called once with the reason when a head is refused (metrics, audit).
@@ -189,6 +206,8 @@ pub struct HeadCheck<T> {
     reply: Vec<u8>,
     sent: usize,
     report: Option<Report>,
+    /// The current body belongs to an `Upgrade` request: pass through once it ends.
+    pass_after_body: bool,
 }
 
 impl<T> std::fmt::Debug for HeadCheck<T> {
@@ -216,7 +235,40 @@ impl<T> HeadCheck<T> {
             reply: Vec::new(),
             sent: 0,
             report: Some(report),
+            pass_after_body: false,
         }
+    }
+
+    /// Whether the next bytes belong to a request body (hyper has the head already).
+    fn in_body(&self) -> bool {
+        matches!(
+            self.state,
+            State::Length(_)
+                | State::ChunkSize
+                | State::ChunkData(_)
+                | State::ChunkEnd
+                | State::Trailers
+        )
+    }
+
+    /// The state after a request body ended: the next head, or pass-through after an
+    /// `Upgrade` request's body.
+    fn after_body(&mut self) -> State {
+        if std::mem::take(&mut self.pass_after_body) {
+            State::PassThrough
+        } else {
+            State::Head
+        }
+    }
+
+    /// The agent closed its side: hyper sees the end of the stream. Inside a body that is
+    /// a truncated request (reported; hyper fails the body and the proxy answers it).
+    fn closed(&mut self) {
+        if self.in_body() {
+            self.refuse(Problem::TruncatedBody);
+        }
+        self.eof = true;
+        self.held.clear();
     }
 
     /// Release the first `n` held bytes to hyper.
@@ -233,11 +285,21 @@ impl<T> HeadCheck<T> {
         }
     }
 
+    /// Refuse what follows. A head is answered here (when hyper shuts the stream down);
+    /// inside a body hyper already handed the request to the proxy, which sees the body
+    /// fail (end of stream) and answers it itself, so nothing is written here.
     fn refuse(&mut self, problem: Problem) {
+        let problem = match problem {
+            Problem::TruncatedBody => Problem::TruncatedBody,
+            _ if self.in_body() => Problem::MalformedBody,
+            other => {
+                self.reply = other.response();
+                other
+            }
+        };
         self.eof = true;
         self.held = Vec::new();
         self.state = State::PassThrough;
-        self.reply = problem.response();
         if let Some(report) = self.report.take() {
             report(problem);
         }
@@ -261,6 +323,7 @@ impl<T> HeadCheck<T> {
             State::Head => match check_head(held, self.limit) {
                 Ok(Some(head)) => {
                     self.state = head.next;
+                    self.pass_after_body = head.upgrade;
                     self.release(head.len);
                     Step::Progress
                 }
@@ -271,7 +334,7 @@ impl<T> HeadCheck<T> {
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(held.len());
                 let left = left - n as u64;
                 self.state = match (self.state, left) {
-                    (State::Length(_), 0) => State::Head,
+                    (State::Length(_), 0) => self.after_body(),
                     (State::Length(_), _) => State::Length(left),
                     (_, 0) => State::ChunkEnd,
                     _ => State::ChunkData(left),
@@ -304,7 +367,7 @@ impl<T> HeadCheck<T> {
             },
             State::Trailers => match trailer_section(held, self.limit) {
                 Ok(Some(len)) => {
-                    self.state = State::Head;
+                    self.state = self.after_body();
                     self.release(len);
                     Step::Progress
                 }
@@ -349,7 +412,8 @@ fn check_head(buf: &[u8], limit: usize) -> Result<Option<Head>, Problem> {
         return Err(Problem::TooLarge);
     }
     let (mut lengths, mut encodings, mut hosts) = (Vec::new(), Vec::new(), 0usize);
-    let mut switches = req.method == Some("CONNECT");
+    let connect = req.method == Some("CONNECT");
+    let mut upgrade = false;
     for field in req.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -359,7 +423,7 @@ fn check_head(buf: &[u8], limit: usize) -> Result<Option<Head>, Problem> {
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case("upgrade") {
-            switches = true;
+            upgrade = true;
         }
     }
     if hosts > 1 {
@@ -393,12 +457,18 @@ fn check_head(buf: &[u8], limit: usize) -> Result<Option<Head>, Problem> {
         }
         (None, _) => return Err(Problem::BadTransferEncoding),
     };
-    let next = if switches {
-        State::PassThrough
-    } else {
-        body.unwrap_or(State::Head)
+    let next = match (connect, upgrade, body) {
+        // A tunnel: whatever follows the head is not HTTP.
+        (true, _, _) => State::PassThrough,
+        // The body (if any) is still HTTP framing; what follows it may be another protocol.
+        (false, true, body) => body.unwrap_or(State::PassThrough),
+        (false, false, body) => body.unwrap_or(State::Head),
     };
-    Ok(Some(Head { len, next }))
+    Ok(Some(Head {
+        len,
+        next,
+        upgrade: upgrade && !connect,
+    }))
 }
 
 /// A LF that is not the second byte of a CRLF.
@@ -512,7 +582,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadCheck<T> {
                 ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
                 let new = buf.filled().len() - before;
                 if new == 0 {
-                    this.eof = true;
+                    this.closed();
                     return Poll::Ready(Ok(()));
                 }
                 let take = match this.state {
@@ -527,7 +597,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadCheck<T> {
                     buf.set_filled(before + take);
                 }
                 this.state = match this.state {
-                    State::Length(left) if left == take as u64 => State::Head,
+                    State::Length(left) if left == take as u64 => this.after_body(),
                     State::Length(left) => State::Length(left - take as u64),
                     State::ChunkData(left) if left == take as u64 => State::ChunkEnd,
                     State::ChunkData(left) => State::ChunkData(left - take as u64),
@@ -544,8 +614,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadCheck<T> {
             if tmp.filled().is_empty() {
                 // The agent closed; an unfinished head or chunk line is dropped (hyper sees
                 // the end of the stream, as it would have anyway).
-                this.eof = true;
-                this.held.clear();
+                this.closed();
                 return Poll::Ready(Ok(()));
             }
             this.held.extend_from_slice(tmp.filled());
@@ -627,7 +696,8 @@ mod tests {
             h,
             Head {
                 len: 27,
-                next: State::Head
+                next: State::Head,
+                upgrade: false,
             }
         );
         let h = head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
@@ -647,7 +717,11 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(h.next, State::PassThrough);
+        assert_eq!((h.next, h.upgrade), (State::PassThrough, true));
+        let h = head("POST /up HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nContent-Length: 4\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.next, h.upgrade), (State::Length(4), true));
         let h = head("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n")
             .unwrap()
             .unwrap();
@@ -865,11 +939,70 @@ GET /c HTTP/1.1\r\nHost: a\r\n\r\n";
         let (got, problem, _) = through(input, 5).await;
         assert_eq!(problem, None);
         assert_eq!(got, input.to_vec());
-        // Broken chunk framing is refused rather than guessed at.
+        // Broken chunk framing is refused rather than guessed at; the request is already
+        // hyper's, so the proxy answers it (nothing is written here).
         let input = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET / HTTP/1.1\r\n\r\n";
-        let (got, problem, _) = through(input, 5).await;
-        assert_eq!(problem, Some(Problem::Malformed));
+        let (got, problem, back) = through(input, 5).await;
+        assert_eq!(problem, Some(Problem::MalformedBody));
         assert_eq!(got, input[..input.len() - 18].to_vec());
+        assert!(back.is_empty(), "{}", String::from_utf8_lossy(&back));
+    }
+
+    #[tokio::test]
+    async fn broken_and_truncated_bodies_are_reported_not_answered() {
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for (body, want) in [
+            // Chunk size that is not hex.
+            (&b"zz\r\nabc\r\n0\r\n\r\n"[..], Problem::MalformedBody),
+            // Data not followed by CRLF.
+            (b"3\r\nabcd\r\n0\r\n\r\n", Problem::MalformedBody),
+            // Bare LF in a chunk line.
+            (b"3\nabc\r\n0\r\n\r\n", Problem::MalformedBody),
+            // Bare LF in the trailers.
+            (b"0\r\nX: 1\n\r\n", Problem::MalformedBody),
+            // Truncated inside a chunk, inside a chunk line, before the trailers end.
+            (b"5\r\nab", Problem::TruncatedBody),
+            (b"5", Problem::TruncatedBody),
+            (b"0\r\nX: 1\r\n", Problem::TruncatedBody),
+        ] {
+            let mut input = head.to_vec();
+            input.extend_from_slice(body);
+            for step in [1, 4, 1000] {
+                let (got, problem, back) = through(&input, step).await;
+                assert_eq!(
+                    problem,
+                    Some(want),
+                    "{:?} step {step}",
+                    String::from_utf8_lossy(body)
+                );
+                assert!(got.starts_with(head));
+                assert!(back.is_empty());
+            }
+        }
+        // Content-Length body cut short.
+        let input = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc";
+        let (got, problem, back) = through(input, 7).await;
+        assert_eq!(
+            (got, problem),
+            (input.to_vec(), Some(Problem::TruncatedBody))
+        );
+        assert!(back.is_empty());
+        assert_eq!(Problem::TruncatedBody.kind(), BadInput::MalformedBody);
+        // A complete request followed by the agent closing is not a truncation.
+        let input = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(through(input, 2).await.1, None);
+    }
+
+    #[tokio::test]
+    async fn upgrade_request_bodies_are_still_checked() {
+        // The body of an Upgrade request is HTTP framing: checked like any other.
+        let bad = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX";
+        let (_, problem, _) = through(bad, 3).await;
+        assert_eq!(problem, Some(Problem::MalformedBody));
+        // After the body ends, what follows may be another protocol: not judged.
+        let ok = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi\x81\x05hello\nbare\n";
+        let (got, problem, _) = through(ok, 3).await;
+        assert_eq!((got, problem), (ok.to_vec(), None));
     }
 
     #[tokio::test]
