@@ -15,10 +15,14 @@ build:
 check-policies:
     cargo run -q -p palisade-gateway --bin palisade -- policy check policies/examples/*.yaml
 
-# Lints as CI runs them.
+# Lints as CI runs them: format, clippy, the dependency graph (licences, duplicate
+# versions, sources: deny.toml), and no declared dependency left unused.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo deny --log-level error check bans licenses sources
+    cargo machete
+    scripts/check-deps
 
 # Format the workspace.
 fmt:

@@ -27,13 +27,13 @@ use clap::Parser;
 use crate::log::{info, warning};
 
 /// Shared state dir (a memory emptyDir shared with the sidecar).
-pub const DEFAULT_SHARED_DIR: &str = "/var/run/palisade";
+pub const DEFAULT_SHARED_DIR: &str = palisade_api::defaults::STATE_DIR;
 /// Written by the sidecar once it can carry traffic.
-pub const DEFAULT_READY_FILE: &str = "/var/run/palisade/ready";
+pub const DEFAULT_READY_FILE: &str = palisade_api::defaults::READY_FILE;
 /// The sandbox CA bundle published by the sidecar.
-pub const DEFAULT_CA_BUNDLE: &str = "/var/run/palisade/ca-bundle.pem";
+pub const DEFAULT_CA_BUNDLE: &str = palisade_api::defaults::CA_BUNDLE;
 /// Written by the shim with the workload's exit status.
-pub const DEFAULT_EXIT_FILE: &str = "/var/run/palisade/agent-exit";
+pub const DEFAULT_EXIT_FILE: &str = palisade_api::defaults::EXIT_FILE;
 /// How long to wait for the sidecar by default.
 pub const DEFAULT_READY_TIMEOUT: &str = "120s";
 

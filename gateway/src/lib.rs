@@ -12,7 +12,8 @@
 //!   requests) and the exec relay.
 //! * [`keys`], [`tokens`] — the rotating Ed25519 key set and sandbox JWTs.
 //! * [`store`] — persistent state behind the `Store` trait (embedded redb).
-//! * [`metrics`], [`config`] — Prometheus metrics, typed configuration.
+//! * [`metrics`], [`config`] — Prometheus metrics, typed configuration
+//!   ([`duration`]: durations as operators write them).
 //! * [`driver`] — sandbox lifecycle (the local driver behind `palisade up`).
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod authn;
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod duration;
 pub mod fsutil;
 pub mod handlers;
 pub mod http;

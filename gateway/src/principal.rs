@@ -1,55 +1,23 @@
 //! Who is calling: the [`Principal`] the authentication chain produces, the
-//! [`SandboxId`] newtype and the [`Scope`]s a principal holds.
+//! [`SandboxId`] newtype (defined in `palisade_api`, re-exported here), the
+//! [`Scope`]s a principal holds, and what a namespace (or any other
+//! DNS-label name) may look like ([`valid_label`]).
 //!
 //! Must never: grant a scope implicitly — every scope comes from a role, a
 //! kind of principal, or an explicit operator flag.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-/// A sandbox identifier: `sbx-` and 32 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SandboxId(String);
+pub use palisade_api::SandboxId;
 
-impl SandboxId {
-    pub const PREFIX: &'static str = "sbx-";
-
-    /// A fresh random identifier.
-    pub fn generate() -> Self {
-        Self(format!("{}{}", Self::PREFIX, crate::random_uuid().simple()))
-    }
-
-    /// Parse an identifier from a path segment or a token claim.
-    pub fn parse(s: &str) -> Option<Self> {
-        let hex = s.strip_prefix(Self::PREFIX)?;
-        (hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| Self(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for SandboxId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::parse(&s).ok_or_else(|| format!("`{s}` is not a sandbox id (sbx-<32 hex>)"))
-    }
-}
-
-impl From<SandboxId> for String {
-    fn from(id: SandboxId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for SandboxId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A DNS-label-like name: lowercase alphanumerics and `-`, 1..=63, no edge `-`.
+pub fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// What a route needs beyond the principal's kind.

@@ -449,6 +449,7 @@ async fn service_account_attempts_are_rate_limited_before_token_review() {
     };
     gw.running
         .state
+        .authn
         .kube
         .as_ref()
         .unwrap()
@@ -523,6 +524,7 @@ async fn service_account_attempts_are_rate_limited_before_token_review() {
     // With the default rates back, the good token gets its pod-bound JWT.
     gw.running
         .state
+        .authn
         .kube
         .as_ref()
         .unwrap()

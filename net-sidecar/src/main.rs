@@ -2,35 +2,32 @@
 //!
 //! Module map:
 //! * [`capture`] — redirect + fence rules (iptables-restore / nft), `init`, `cleanup`, `validate`.
-//! * [`run`] — the data plane: listeners, protocol peek, policy decisions, splice, admin.
+//! * [`app`] — `run`: the composition root (config, keeper, start-up, drain).
+//! * [`proxy`] — the data plane: listeners, protocol peek, policy decisions, splice,
+//!   TLS inspection, HTTP.
+//! * [`policy`] — the policy in force: a file or the gateway's feed, hot-reloaded.
+//! * [`admin`] — `/live`, `/ready`, `/metrics`, readiness state and the metrics registry.
 //! * [`dns`] — the policy DNS server on 15053 and the answer cache that anti-spoofing reads.
 //! * [`tls`] — the sandbox CA, leaf certificates, rustls configurations for interception.
 //! * [`credentials`] — credential sources and the values injected into inspected requests.
 //! * [`identity`] — with `--gateway`: the sandbox JWT, the gateway session (policy,
 //!   credentials, relays), workload tokens and the audit push.
+//!
+//! Default ports and UIDs are [`palisade_api::defaults`], shared with the shim and the
+//! gateway's drivers.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 
+mod admin;
+mod app;
 mod capture;
 mod credentials;
 mod dns;
 mod identity;
-mod run;
+mod policy;
+mod proxy;
 mod tls;
-
-/// Default UID (and GID) the sidecar's data plane runs as; its traffic is never redirected.
-pub const DEFAULT_SIDECAR_UID: u32 = 1337;
-/// Transparent egress listener.
-pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
-/// Policy DNS listener (udp + tcp).
-pub const DEFAULT_DNS_PORT: u16 = 15053;
-/// Explicit proxy (CONNECT and absolute-form HTTP).
-pub const DEFAULT_EXPLICIT_PROXY_PORT: u16 = 15080;
-/// Admin: /live, /ready, /metrics.
-pub const DEFAULT_ADMIN_PORT: u16 = 15020;
-/// Loopback ports reserved for the sidecar; the agent may not connect to them.
-pub const DEFAULT_SIDECAR_PORT_RANGE: (u16, u16) = (15000, 15099);
 
 /// Palisade net-sidecar: egress capture, fence and policy enforcement for one pod.
 #[derive(Debug, Parser)]
@@ -51,7 +48,7 @@ enum Command {
     /// Prove from inside the namespace, as a non-sidecar UID, that capture and fence work.
     Validate(capture::ValidateArgs),
     /// Run the data plane.
-    Run(run::RunArgs),
+    Run(app::RunArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,7 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Init(args) => capture::init(args),
         Command::Cleanup(args) => capture::cleanup(args),
         Command::Validate(args) => capture::validate(args),
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => app::main(args),
     };
     match result {
         Ok(code) => code,

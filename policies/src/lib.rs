@@ -21,7 +21,9 @@ pub mod parse;
 pub mod schema;
 pub mod validate;
 
-pub use compiled::{CompiledPolicy, PathGlob, RuleId};
+pub use compiled::{
+    CompiledPolicy, PathGlob, PathProblem, RuleId, has_path_parameters, judged_path, normalize_path,
+};
 pub use decision::{Decision, DenyReason};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::Policy;

@@ -34,9 +34,9 @@ use crate::supervise::Waiters;
 pub use child::{SESSION_CHILD_FLAG, session_child};
 
 /// Where the sidecar finds the shim (shared dir).
-pub const DEFAULT_SESSION_SOCKET: &str = palisade_api::exec::DEFAULT_SHIM_SOCKET;
+pub const DEFAULT_SESSION_SOCKET: &str = palisade_api::defaults::SHIM_SOCKET;
 /// The sidecar's UID, the only peer allowed on the socket.
-pub const DEFAULT_SIDECAR_UID: u32 = 1337;
+pub const DEFAULT_SIDECAR_UID: u32 = palisade_api::defaults::SIDECAR_UID;
 /// Sessions running at once; more are refused with an `Error` frame.
 pub const DEFAULT_MAX_SESSIONS: u32 = 8;
 

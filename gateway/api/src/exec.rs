@@ -40,7 +40,7 @@ pub const FRAME_HEADER_LEN: usize = 5;
 pub const EXEC_UPGRADE_PROTOCOL: &str = "palisade-exec";
 
 /// Default path of the shim's session socket in the shared dir.
-pub const DEFAULT_SHIM_SOCKET: &str = "/var/run/palisade/shim.sock";
+pub const DEFAULT_SHIM_SOCKET: &str = crate::defaults::SHIM_SOCKET;
 
 const TYPE_OPEN: u8 = 1;
 const TYPE_STDIN: u8 = 2;

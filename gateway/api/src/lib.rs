@@ -1,10 +1,15 @@
 //! Wire types of the gateway API that the sidecar and shim share, without the server.
 //!
-//! Owns: request/response bodies and well-known constants. Must never depend on
-//! the gateway server crate or on any I/O.
+//! Owns: request/response bodies, the [`SandboxId`] they carry, and the
+//! well-known constants and [`defaults`] every program must agree on. Must
+//! never depend on the gateway server crate or on any I/O.
 
+pub mod defaults;
 pub mod exec;
+mod sandbox_id;
 pub mod session;
+
+pub use sandbox_id::SandboxId;
 
 use std::collections::BTreeMap;
 
@@ -118,7 +123,7 @@ pub struct SandboxSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Sandbox {
-    pub id: String,
+    pub id: SandboxId,
     #[serde(flatten)]
     pub spec: SandboxSpec,
     /// Subject of the principal that created it.
@@ -149,7 +154,7 @@ pub struct SandboxList {
 pub struct TokenResponse {
     pub token: String,
     pub token_type: String,
-    pub sandbox_id: String,
+    pub sandbox_id: SandboxId,
     pub expires_at: u64,
     pub kid: String,
 }

@@ -32,6 +32,10 @@ pub const RELAY_UPGRADE: &str = "palisade-relay";
 pub enum SessionEvent {
     Hello {
         session_id: String,
+        // A plain string on purpose, not a `SandboxId`: the sidecar compares
+        // it with its own id and ends the session on a mismatch, which a
+        // malformed id must trigger too (a parse failure would only make the
+        // event unreadable, and unreadable events are skipped).
         sandbox_id: String,
         heartbeat_seconds: u64,
     },

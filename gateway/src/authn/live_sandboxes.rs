@@ -10,6 +10,8 @@
 //! Kubernetes custom resources) must answer
 //! [`Store::sandbox_exists_cached`] from its own watch, or not at all.
 //!
+//! [`sandbox_exists`] is the check itself, for any store.
+//!
 //! Must never: answer "exists" for a sandbox whose delete has begun. A
 //! delete takes the id out of the set *before* the store delete, so a token
 //! is refused from the moment the delete starts; the id comes back only if
@@ -26,6 +28,23 @@ use crate::store::{
     StoreError,
 };
 
+/// Whether sandbox `id` still exists: the store's memory index when it has
+/// one (no blocking-thread hop: this runs on every sandbox-authenticated
+/// request), else a store read on a blocking thread. `Err` when the store
+/// failed.
+pub async fn sandbox_exists(store: &Arc<dyn Store>, id: &SandboxId) -> Result<bool, ()> {
+    if let Some(exists) = store.sandbox_exists_cached(id) {
+        return Ok(exists);
+    }
+    let store = store.clone();
+    let id = id.clone();
+    tokio::task::spawn_blocking(move || store.get_sandbox(&id))
+        .await
+        .map_err(|_| ())?
+        .map(|s| s.is_some())
+        .map_err(|_| ())
+}
+
 /// A [`Store`] that also knows, from memory, which sandboxes exist.
 #[derive(Debug)]
 pub struct LiveSandboxStore {
@@ -38,9 +57,8 @@ impl LiveSandboxStore {
     pub fn load(inner: Arc<dyn Store>) -> Result<Self, StoreError> {
         let live = inner
             .list_sandboxes()?
-            .iter()
-            // A record whose id does not parse can hold no valid token.
-            .filter_map(|s| SandboxId::parse(&s.id))
+            .into_iter()
+            .map(|s| s.id)
             .collect::<HashSet<_>>();
         Ok(Self {
             inner,
@@ -86,9 +104,7 @@ impl Store for LiveSandboxStore {
         self.inner
             .create_sandbox(sandbox, bootstrap_hash, bootstrap)?;
         // After the commit: no token for it can exist before this returns.
-        if let Some(id) = SandboxId::parse(&sandbox.id) {
-            self.with_set(|set| set.insert(id));
-        }
+        self.with_set(|set| set.insert(sandbox.id.clone()));
         Ok(())
     }
 
@@ -186,7 +202,7 @@ mod tests {
 
     fn sandbox(id: &SandboxId) -> Sandbox {
         Sandbox {
-            id: id.to_string(),
+            id: id.clone(),
             spec: palisade_api::SandboxSpec {
                 name: "demo".into(),
                 ..Default::default()

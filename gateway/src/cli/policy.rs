@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use palisade_policy::model::{Mode, TlsMode};
 use palisade_policy::{
-    CompiledPolicy, Decision, DenyReason, MAX_POLICY_BYTES, Policy, PolicyErrors, parse_policy,
+    CompiledPolicy, Decision, DenyReason, MAX_POLICY_BYTES, Policy, PolicyErrors, judged_path,
+    parse_policy,
 };
 
 #[derive(Debug, Subcommand)]
@@ -43,7 +44,9 @@ pub struct ExplainArgs {
     /// HTTP method of a request to explain (default GET when --path is given).
     #[arg(long)]
     method: Option<String>,
-    /// Normalised request path, optionally with `?query` (default `/` when --method is given).
+    /// Request path, optionally with `?query` (default `/` when --method is given); judged
+    /// as the sidecar judges it: normalised first, refused with `;` parameters or when it is
+    /// ambiguous.
     #[arg(long)]
     path: Option<String>,
 }
@@ -110,7 +113,7 @@ fn render_explanation(policy: &CompiledPolicy, args: &ExplainArgs) -> String {
     let decision = match (id, request) {
         (Some(id), Some((method, target))) => {
             let rule = policy.rule(id);
-            let (path, query) = match target.split_once('?') {
+            let (raw_path, query) = match target.split_once('?') {
                 Some((p, q)) => (p, Some(q)),
                 None => (target, None),
             };
@@ -119,7 +122,32 @@ fn render_explanation(policy: &CompiledPolicy, args: &ExplainArgs) -> String {
             if let Some(cred) = rule.credential() {
                 let _ = writeln!(out, "credential: {cred} (injected by the sidecar)");
             }
-            policy.match_request(id, method, path, query)
+            if !rule.has_http_rules() {
+                // The sidecar judges no path for a rule without http rules.
+                policy.match_request(id, method, raw_path, query)
+            } else {
+                // Judged as the sidecar judges it: `;` parameters and ambiguous paths are
+                // refused before any http rule, others are normalised first.
+                match judged_path(raw_path) {
+                    Ok(path) => {
+                        if path != raw_path {
+                            let _ = writeln!(out, "path:       {path} (normalised by the sidecar)");
+                        }
+                        policy.match_request(id, method, &path, query)
+                    }
+                    Err(problem) => {
+                        let _ = writeln!(out, "decision:   refused (400 bad_request)");
+                        let _ = writeln!(out, "rule:       {}", rule.name());
+                        let _ = writeln!(
+                            out,
+                            "reason:     ambiguous_path: {}; the sidecar refuses the request \
+                             before any http rule is checked",
+                            problem.message()
+                        );
+                        return out;
+                    }
+                }
+            }
         }
         (Some(id), None) => {
             let rule = policy.rule(id);
@@ -298,5 +326,42 @@ spec:
         assert!(out.contains("sub-rule:   access:read-only"), "{out}");
         let out = render_explanation(&p, &args("api.example.com", 443, Some("POST"), None));
         assert!(out.contains("no_matching_http_rule"), "{out}");
+    }
+
+    /// `explain` judges the path the sidecar would judge: normalised (so `..` and escapes
+    /// cannot walk around a deny rule), and refused where the sidecar refuses it.
+    #[test]
+    fn explains_the_path_the_sidecar_judges() {
+        let p = policy();
+        for raw in ["/public/../secret/x", "/%73ecret/x", "/./secret/x"] {
+            let out = render_explanation(&p, &args("api.example.com", 443, Some("GET"), Some(raw)));
+            assert!(
+                out.contains("path:       /secret/x (normalised by the sidecar)"),
+                "{raw}: {out}"
+            );
+            assert!(out.contains("decision:   deny"), "{raw}: {out}");
+            assert!(out.contains("sub-rule:   deny[0]"), "{raw}: {out}");
+        }
+        for raw in [
+            "/secret;x=1/y",
+            "/a/..;/secret/x",
+            "/secret//x",
+            "/secret%2Fx",
+        ] {
+            let out = render_explanation(&p, &args("api.example.com", 443, Some("GET"), Some(raw)));
+            assert!(
+                out.contains("decision:   refused (400 bad_request)"),
+                "{raw}: {out}"
+            );
+            assert!(out.contains("reason:     ambiguous_path: "), "{raw}: {out}");
+            assert!(!out.contains("decision:   allow"), "{raw}: {out}");
+        }
+        // Already normal: no `path:` line, the decision as before.
+        let out = render_explanation(
+            &p,
+            &args("api.example.com", 443, Some("GET"), Some("/x?y=1")),
+        );
+        assert!(!out.contains("path:  "), "{out}");
+        assert!(out.contains("decision:   allow"), "{out}");
     }
 }

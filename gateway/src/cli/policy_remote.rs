@@ -50,7 +50,7 @@ fn read(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
 
 fn set(file: &PathBuf, namespace: Option<&str>, remote: &Remote) -> anyhow::Result<()> {
     if let Some(ns) = namespace
-        && !palisade_gateway::handlers::valid_label(ns)
+        && !palisade_gateway::principal::valid_label(ns)
     {
         anyhow::bail!("--namespace `{ns}`: use 1-63 lowercase letters, digits and `-`");
     }

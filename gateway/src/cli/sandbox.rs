@@ -106,7 +106,7 @@ pub fn resolve_id(remote: &Remote, name_or_id: &str) -> anyhow::Result<String> {
         .sandboxes
         .into_iter()
         .filter(|s| s.spec.name == name_or_id)
-        .map(|s| s.id)
+        .map(|s| s.id.to_string())
         .collect();
     match ids.as_slice() {
         [id] => Ok(id.clone()),

@@ -245,10 +245,7 @@ fn unregister_all(state: &Arc<AppState>) -> Result<usize, usize> {
     let mut failures = 0;
     let mut removed = 0;
     for s in sandboxes {
-        let Some(id) = palisade_gateway::principal::SandboxId::parse(&s.id) else {
-            continue;
-        };
-        match state.store.delete_sandbox(&id) {
+        match state.store.delete_sandbox(&s.id) {
             Ok(_) => removed += 1,
             Err(e) => {
                 eprintln!("palisade up: cannot unregister {}: {e}", s.id);
@@ -306,10 +303,12 @@ fn banner(
     );
     match mode {
         LocalMode::Isolated => println!(
-            "palisade up: sandboxes get a network namespace on bridge {} ({}), sidecar UID 1337, \
-             agent UID 1000; egress NAT {}",
+            "palisade up: sandboxes get a network namespace on bridge {} ({}), sidecar UID {}, \
+             agent UID {}; egress NAT {}",
             args.bridge,
             args.subnet.trunc(),
+            palisade_api::defaults::SIDECAR_UID,
+            palisade_api::defaults::AGENT_UID,
             if args.egress_nat {
                 "ON (host firewall changed until exit)"
             } else {

@@ -6,7 +6,7 @@
 use http::StatusCode;
 use palisade_api::AuditEvents;
 
-use super::{Ctx, HandlerResult};
+use super::ctx::{Ctx, HandlerResult};
 use crate::http::{ApiError, Request, json, read_json};
 use crate::principal::Principal;
 

@@ -3,7 +3,7 @@
 use http::StatusCode;
 use palisade_api::KeyList;
 
-use super::{Ctx, HandlerResult};
+use super::ctx::{Ctx, HandlerResult};
 use crate::http::{ApiError, json};
 
 pub fn list(ctx: &Ctx) -> HandlerResult {

@@ -2,6 +2,7 @@
 //! [`Matched`] route in extensions, never the credential.
 //! Must never: answer differently for a missing and a foreign sandbox.
 
+mod ctx;
 mod events;
 mod keys;
 mod policies;
@@ -14,11 +15,11 @@ mod wellknown;
 
 use std::sync::Arc;
 
-use crate::http::{ApiError, HttpService, Request, Response, service};
+use crate::http::{ApiError, HttpService, Request, service};
 use crate::principal::Principal;
 use crate::routes::{Matched, RouteId};
 use crate::state::AppState;
-use crate::store::{Store, StoreError};
+use ctx::Ctx;
 
 /// The innermost service: dispatch on the route the authz layer matched.
 pub fn router(state: Arc<AppState>) -> HttpService {
@@ -68,50 +69,4 @@ pub fn router(state: Arc<AppState>) -> HttpService {
             result.unwrap_or_else(ApiError::into_response)
         }
     })
-}
-
-/// What a handler gets.
-#[derive(Debug)]
-pub struct Ctx {
-    pub state: Arc<AppState>,
-    pub principal: Principal,
-    pub matched: Matched,
-}
-
-pub type HandlerResult = Result<Response, ApiError>;
-
-impl Ctx {
-    /// Run a store operation off the async threads; count and explain failures.
-    pub async fn store<T, F>(&self, f: F) -> Result<T, ApiError>
-    where
-        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let store = self.state.store.clone();
-        let result = tokio::task::spawn_blocking(move || f(store.as_ref())).await;
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.state.metrics.store_errors.inc();
-                tracing::error!(error = %e, "store operation failed");
-                Err(ApiError::unavailable(
-                    "the gateway store failed; retry, and see the gateway log",
-                ))
-            }
-            Err(_) => {
-                self.state.metrics.store_errors.inc();
-                Err(ApiError::internal("store task panicked"))
-            }
-        }
-    }
-}
-
-/// A DNS-label-like name: lowercase alphanumerics and `-`, 1..=63, no edge `-`.
-pub fn valid_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }

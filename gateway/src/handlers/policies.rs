@@ -15,10 +15,12 @@ use http::{HeaderValue, StatusCode, header};
 use palisade_api::{ErrorBody, FieldError, InvalidPolicyBody, StoredPolicy};
 use palisade_policy::{PolicyError, PolicyErrors, parse_policy};
 
+use super::ctx::{Ctx, HandlerResult};
 use super::sandboxes::visible_sandbox;
-use super::{Ctx, HandlerResult, valid_label};
-use crate::config::{MAX_LONG_POLL, parse_duration};
+use crate::config::MAX_LONG_POLL;
+use crate::duration::parse_duration;
 use crate::http::{ApiError, Request, Response, json, read_body};
+use crate::principal::valid_label;
 use crate::routes::authorize_namespace;
 use crate::sessions::credentials;
 use crate::store::{Precondition, policy_usable_by};

@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use palisade_api::exec::EXEC_UPGRADE_PROTOCOL;
 use palisade_api::session::RELAY_UPGRADE;
 
+use super::ctx::{Ctx, HandlerResult};
 use super::sandboxes::visible_sandbox;
-use super::{Ctx, HandlerResult};
 use crate::http::{ApiError, Request, Response};
 use crate::principal::SandboxId;
 use crate::sessions::relay::ExecAudit;
@@ -56,7 +56,7 @@ pub async fn exec(ctx: &Ctx, mut req: Request) -> HandlerResult {
     // 404 for a sandbox the caller cannot see comes first, then the protocol.
     let sandbox = visible_sandbox(ctx).await?;
     require_upgrade(&req, EXEC_UPGRADE_PROTOCOL)?;
-    let id = SandboxId::parse(&sandbox.id).ok_or_else(ApiError::sandbox_not_found)?;
+    let id = sandbox.id.clone();
     let ticket = match ctx.state.sessions.open_relay(&id) {
         Ok(t) => t,
         Err(RelayRefusal::TooMany) => {

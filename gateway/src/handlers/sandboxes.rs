@@ -13,10 +13,10 @@ use palisade_api::{BOOTSTRAP_TOKEN_PREFIX, CreatedSandbox, Sandbox, SandboxList,
 
 use std::sync::Arc;
 
-use super::{Ctx, HandlerResult, valid_label};
+use super::ctx::{Ctx, HandlerResult};
 use crate::driver::{Driver, DriverError, Launch};
 use crate::http::{ApiError, Request, json, read_json};
-use crate::principal::{Principal, SandboxId};
+use crate::principal::{Principal, SandboxId, valid_label};
 use crate::routes::{Route, authorize_namespace};
 use crate::store::{BootstrapRecord, policy_usable_by};
 
@@ -137,7 +137,7 @@ pub async fn create(ctx: &Ctx, req: Request) -> HandlerResult {
     let now = crate::fsutil::now();
     let id = SandboxId::generate();
     let sandbox = Sandbox {
-        id: id.to_string(),
+        id: id.clone(),
         spec,
         owner: ctx.principal.subject(),
         created_at: now,
@@ -202,9 +202,8 @@ async fn start_runtime(
         Err(_) => "the driver task panicked".to_owned(),
     };
     tracing::error!(sandbox = %sandbox.id, error = %err, "cannot start the sandbox");
-    if let Some(id) = SandboxId::parse(&sandbox.id) {
-        ctx.store(move |s| s.delete_sandbox(&id)).await?;
-    }
+    let id = sandbox.id.clone();
+    ctx.store(move |s| s.delete_sandbox(&id)).await?;
     Err(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "sandbox_start_failed",
@@ -231,7 +230,7 @@ pub async fn list(ctx: &Ctx) -> HandlerResult {
 
 pub async fn delete(ctx: &Ctx) -> HandlerResult {
     let sandbox = visible_sandbox(ctx).await?;
-    let id = SandboxId::parse(&sandbox.id).ok_or_else(ApiError::sandbox_not_found)?;
+    let id = sandbox.id.clone();
     let doomed = id.clone();
     if !ctx.store(move |s| s.delete_sandbox(&doomed)).await? {
         return Err(ApiError::sandbox_not_found());
@@ -267,7 +266,7 @@ pub async fn delete(ctx: &Ctx) -> HandlerResult {
 /// ended, how, in `palisade-agent-exit`.
 pub async fn logs(ctx: &Ctx, req: Request) -> HandlerResult {
     let sandbox = visible_sandbox(ctx).await?;
-    let id = SandboxId::parse(&sandbox.id).ok_or_else(ApiError::sandbox_not_found)?;
+    let id = sandbox.id.clone();
     let after = match req.uri().query() {
         None => 0,
         Some(q) => parse_after(q).ok_or_else(|| {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use http::StatusCode;
 use palisade_api::session::{SecretList, SecretWrite};
 
-use super::{Ctx, HandlerResult};
+use super::ctx::{Ctx, HandlerResult};
 use crate::http::{ApiError, Request, json, read_body};
 use crate::sessions::credentials::Allowance;
 use crate::store::SecretAllowance;
@@ -19,7 +19,7 @@ const MAX_KEYS: usize = 64;
 
 /// Secret names are DNS labels, like policy names (the documented `{name}`).
 fn valid_name(s: &str) -> bool {
-    super::valid_label(s)
+    crate::principal::valid_label(s)
 }
 
 fn name_param(ctx: &Ctx) -> Result<String, ApiError> {

@@ -4,15 +4,20 @@
 use http::{HeaderValue, StatusCode, header};
 use palisade_api::session::SESSION_CONTENT_TYPE;
 
+use super::ctx::{Ctx, HandlerResult};
 use super::sandboxes::visible_sandbox;
-use super::{Ctx, HandlerResult};
-use crate::http::ApiError;
-use crate::principal::SandboxId;
+use crate::sessions::stream::{self, Sources};
 
 pub async fn open(ctx: &Ctx) -> HandlerResult {
     let sandbox = visible_sandbox(ctx).await?;
-    let id = SandboxId::parse(&sandbox.id).ok_or_else(ApiError::sandbox_not_found)?;
-    let body = crate::sessions::stream::open(ctx.state.clone(), id);
+    let id = sandbox.id.clone();
+    let state = &ctx.state;
+    let sources = Sources {
+        store: state.store.clone(),
+        metrics: state.metrics.clone(),
+        policy_revision: state.policy_revision.subscribe(),
+    };
+    let body = stream::open(&state.sessions, sources, id);
     let mut resp = http::Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     let headers = resp.headers_mut();

@@ -7,7 +7,7 @@ use http::StatusCode;
 use palisade_api::{TokenResponse, WorkloadTokenRequest, WorkloadTokenResponse};
 use palisade_policy::model::CredentialSource;
 
-use super::{Ctx, HandlerResult};
+use super::ctx::{Ctx, HandlerResult};
 use crate::authn::SandboxTokenBinding;
 use crate::http::{ApiError, json};
 use crate::principal::{BootstrapCredential, Principal, SandboxId};
@@ -24,7 +24,7 @@ fn answer(ctx: &Ctx, id: &SandboxId, pod_uid: Option<String>) -> HandlerResult {
         &TokenResponse {
             token: minted.token,
             token_type: "Bearer".to_owned(),
-            sandbox_id: id.to_string(),
+            sandbox_id: id.clone(),
             expires_at: minted.claims.exp,
             kid: minted.kid,
         },
@@ -33,7 +33,7 @@ fn answer(ctx: &Ctx, id: &SandboxId, pod_uid: Option<String>) -> HandlerResult {
 
 /// Whether the sandbox still exists (memory index; see `authn::live_sandboxes`).
 async fn exists(ctx: &Ctx, id: &SandboxId) -> Result<bool, ApiError> {
-    crate::authn::sandbox_exists(&ctx.state.store, id)
+    crate::authn::live_sandboxes::sandbox_exists(&ctx.state.store, id)
         .await
         .map_err(|()| {
             ctx.state.metrics.store_errors.inc();
@@ -59,7 +59,7 @@ pub async fn issue(ctx: &Ctx) -> HandlerResult {
             if !exists(ctx, sandbox_id).await? {
                 ctx.state
                     .metrics
-                    .auth_failure(crate::authn::AUTHENTICATOR_KUBE, "unknown_sandbox");
+                    .auth_failure(crate::authn::kube::AUTHENTICATOR_KUBE, "unknown_sandbox");
                 return Err(ApiError::forbidden("the pod's sandbox no longer exists"));
             }
             let resp = answer(ctx, sandbox_id, Some(pod.uid.clone()))?;

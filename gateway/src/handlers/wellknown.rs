@@ -2,7 +2,7 @@
 
 use http::StatusCode;
 
-use super::{Ctx, HandlerResult};
+use super::ctx::{Ctx, HandlerResult};
 use crate::http::json;
 
 pub fn jwks(ctx: &Ctx) -> HandlerResult {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::authn::Authenticators;
 use crate::authn::admin_token::AdminToken;
 use crate::config::Config;
 use crate::http::{HttpService, Next, boxed};
@@ -82,15 +83,22 @@ pub fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let (policy_revision, _) = watch::channel(0);
     let sessions =
         crate::sessions::SessionHub::new(config.sessions.clone(), metrics.sessions_live.clone());
-    let driver = crate::driver::build(&config)?;
+    let driver = crate::driver::build(config.driver.as_ref())?;
+    let authn = Arc::new(Authenticators {
+        insecure_allow_anonymous: config.insecure_allow_anonymous,
+        admin_token,
+        kube,
+        oidc,
+        tokens: tokens.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+    });
     Ok(Arc::new(AppState {
         config,
         store,
         tokens,
         metrics,
-        admin_token,
-        kube,
-        oidc,
+        authn,
         policy_revision,
         sessions,
         driver,
@@ -136,7 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
              sandboxes and policies"
         );
     }
-    if let Some(admin) = &state.admin_token {
+    if let Some(admin) = &state.authn.admin_token {
         tracing::info!(fingerprint = admin.fingerprint(), "admin token loaded");
     }
     let api = TcpListener::bind(config.listen)

@@ -33,7 +33,7 @@ pub fn build(state: Arc<AppState>) -> HttpService {
         // 6. concurrency cap, shedding with 503 + Retry-After.
         .layer(concurrency::layer(config.max_concurrent_requests))
         // 7. authentication chain → Principal (401 on a refused credential).
-        .layer(authn::layer(state.clone()))
+        .layer(authn::layer(state.authn.clone()))
         // 8. per-principal token bucket (429 + Retry-After); after 7 because
         //    it keys on who is calling.
         .layer(rate_limit::layer(

@@ -52,7 +52,7 @@ pub struct Allowance {
 }
 
 fn label(what: &str, s: &str) -> Result<String, String> {
-    if crate::handlers::valid_label(s) {
+    if crate::principal::valid_label(s) {
         Ok(s.to_owned())
     } else {
         Err(format!(

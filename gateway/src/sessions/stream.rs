@@ -7,6 +7,12 @@
 //! delivered; credentials are re-resolved against the secrets' allowances on
 //! every change, and one withheld is logged and audited by name and
 //! fingerprint (`credential_withheld`).
+//!
+//! A stream reads only its [`Sources`] (the store, the metrics it counts in,
+//! the policy revision) and the [`SessionHub`] it registers with.
+//!
+//! Must never: deliver a policy or a credential to another sandbox than the
+//! one it was opened for.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,14 +23,14 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use palisade_api::StoredPolicy;
 use palisade_api::session::{DeliveredCredential, SessionEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use super::Registration;
 use super::credentials::{self, Resolved};
+use super::{Registration, SessionHub};
 use crate::http::{BoxError, ResponseBody};
+use crate::metrics::Metrics;
 use crate::principal::SandboxId;
-use crate::state::AppState;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// Lines buffered towards a slow reader.
 const BODY_QUEUE: usize = 8;
@@ -50,12 +56,43 @@ impl Body for ChannelBody {
     }
 }
 
+/// What a session stream reads, besides its hub.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The sandbox record, its policy and the secrets the policy names.
+    pub store: Arc<dyn Store>,
+    /// Counts events sent and store errors.
+    pub metrics: Metrics,
+    /// The latest policy revision written; a change means "look again".
+    pub policy_revision: watch::Receiver<u64>,
+}
+
 /// Start the stream of `sandbox` (already authorized); returns the body.
-pub fn open(state: Arc<AppState>, sandbox: SandboxId) -> ResponseBody {
+pub fn open(hub: &SessionHub, sources: Sources, sandbox: SandboxId) -> ResponseBody {
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
-    let (registration, relays) = state.sessions.register(&sandbox);
-    tokio::spawn(run(state, sandbox, registration, relays, tx));
+    let (registration, relays) = hub.register(&sandbox);
+    let secret_changes = hub.subscribe_secrets();
+    let heartbeat = hub.limits().heartbeat;
+    tokio::spawn(run(
+        sources,
+        sandbox,
+        Stream {
+            registration,
+            relays,
+            secret_changes,
+            heartbeat,
+        },
+        tx,
+    ));
     http_body_util::BodyExt::boxed_unsync(ChannelBody(rx))
+}
+
+/// What a stream got from the hub when it registered.
+struct Stream {
+    registration: Registration,
+    relays: mpsc::Receiver<String>,
+    secret_changes: watch::Receiver<u64>,
+    heartbeat: Duration,
 }
 
 /// What the store says about the sandbox right now.
@@ -67,8 +104,7 @@ enum Current {
     Policy(StoredPolicy, Resolved),
 }
 
-fn load(state: &AppState, sandbox: &SandboxId) -> Result<Current, StoreError> {
-    let store = state.store.as_ref();
+fn load(store: &dyn Store, sandbox: &SandboxId) -> Result<Current, StoreError> {
     let Some(record) = store.get_sandbox(sandbox)? else {
         return Ok(Current::Gone);
     };
@@ -99,7 +135,7 @@ fn load(state: &AppState, sandbox: &SandboxId) -> Result<Current, StoreError> {
 
 struct Sender {
     tx: mpsc::Sender<Bytes>,
-    state: Arc<AppState>,
+    metrics: Metrics,
     /// A reader that takes longer than this for one line is gone.
     stall: Duration,
 }
@@ -114,8 +150,7 @@ impl Sender {
         line.push(b'\n');
         let sent = tokio::time::timeout(self.stall, self.tx.send(Bytes::from(line))).await;
         if matches!(sent, Ok(Ok(()))) {
-            self.state
-                .metrics
+            self.metrics
                 .session_events
                 .with_label_values(&[event.kind()])
                 .inc();
@@ -126,21 +161,23 @@ impl Sender {
     }
 }
 
-async fn run(
-    state: Arc<AppState>,
-    sandbox: SandboxId,
-    registration: Registration,
-    mut relays: mpsc::Receiver<String>,
-    tx: mpsc::Sender<Bytes>,
-) {
-    let heartbeat = state.sessions.limits().heartbeat;
+async fn run(sources: Sources, sandbox: SandboxId, stream: Stream, tx: mpsc::Sender<Bytes>) {
+    let Sources {
+        store,
+        metrics,
+        policy_revision: mut policy_changes,
+    } = sources;
+    let Stream {
+        registration,
+        mut relays,
+        mut secret_changes,
+        heartbeat,
+    } = stream;
     let out = Sender {
         tx,
-        state: state.clone(),
+        metrics: metrics.clone(),
         stall: heartbeat * 3,
     };
-    let mut policy_changes = state.policy_revision.subscribe();
-    let mut secret_changes = state.sessions.subscribe_secrets();
     tracing::info!(sandbox = %sandbox, session = %registration.id, "session stream opened");
     let hello = SessionEvent::Hello {
         session_id: registration.id.clone(),
@@ -158,8 +195,8 @@ async fn run(
         }
         loop {
             if reload {
-                let (st, id) = (state.clone(), sandbox.clone());
-                let current = tokio::task::spawn_blocking(move || load(&st, &id)).await;
+                let (st, id) = (store.clone(), sandbox.clone());
+                let current = tokio::task::spawn_blocking(move || load(st.as_ref(), &id)).await;
                 match current {
                     Ok(Ok(Current::Gone)) => break 'stream "sandbox deleted",
                     Ok(Ok(Current::NoPolicy)) => {}
@@ -228,7 +265,7 @@ async fn run(
                         }
                     }
                     Ok(Err(e)) => {
-                        state.metrics.store_errors.inc();
+                        metrics.store_errors.inc();
                         tracing::error!(sandbox = %sandbox, error = %e, "session: store read failed; retrying at the next change or heartbeat");
                     }
                     Err(_) => tracing::error!(sandbox = %sandbox, "session: store task panicked"),

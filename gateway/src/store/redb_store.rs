@@ -352,7 +352,7 @@ mod tests {
 
     fn sandbox(id: &SandboxId) -> Sandbox {
         Sandbox {
-            id: id.to_string(),
+            id: id.clone(),
             spec: palisade_api::SandboxSpec {
                 name: "demo".into(),
                 ..Default::default()
@@ -380,7 +380,7 @@ mod tests {
             assert_ne!(p1.etag, p3.etag);
         }
         let s = RedbStore::open(dir.path()).unwrap();
-        assert_eq!(s.get_sandbox(&id).unwrap().unwrap().id, id.to_string());
+        assert_eq!(s.get_sandbox(&id).unwrap().unwrap().id, id);
         assert_eq!(s.get_policy("a").unwrap().unwrap().document, "doc3");
         assert_eq!(s.put_policy("c", "x", 8).unwrap().revision, 4);
         let current = s.get_policy("c").unwrap().unwrap().etag;

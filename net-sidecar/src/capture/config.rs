@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use palisade_api::defaults;
 
 /// An inclusive port range, `15000-15099`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +13,14 @@ pub struct PortRange {
     pub start: u16,
     /// Last port (inclusive).
     pub end: u16,
+}
+
+impl PortRange {
+    /// The loopback ports reserved for the sidecar by default.
+    pub const SIDECAR: PortRange = PortRange {
+        start: defaults::SIDECAR_PORT_RANGE.0,
+        end: defaults::SIDECAR_PORT_RANGE.1,
+    };
 }
 
 impl FromStr for PortRange {
@@ -85,15 +94,12 @@ pub struct CaptureConfig {
 impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
-            sidecar_uid: crate::DEFAULT_SIDECAR_UID,
-            sidecar_gid: crate::DEFAULT_SIDECAR_UID,
-            outbound_port: crate::DEFAULT_OUTBOUND_PORT,
-            dns_port: crate::DEFAULT_DNS_PORT,
-            explicit_proxy_port: Some(crate::DEFAULT_EXPLICIT_PROXY_PORT),
-            sidecar_ports: PortRange {
-                start: crate::DEFAULT_SIDECAR_PORT_RANGE.0,
-                end: crate::DEFAULT_SIDECAR_PORT_RANGE.1,
-            },
+            sidecar_uid: defaults::SIDECAR_UID,
+            sidecar_gid: defaults::SIDECAR_GID,
+            outbound_port: defaults::OUTBOUND_PORT,
+            dns_port: defaults::DNS_PORT,
+            explicit_proxy_port: Some(defaults::EXPLICIT_PROXY_PORT),
+            sidecar_ports: PortRange::SIDECAR,
             exclude_ports: Vec::new(),
             exclude_v4: Vec::new(),
             exclude_v6: Vec::new(),

@@ -1,5 +1,7 @@
 //! iptables-restore rule text: pure functions from [`CaptureConfig`] (and the parsed current
-//! state of our own chains) to the exact text fed to `iptables-restore --noflush`.
+//! state of our own chains) to the exact text fed to `iptables-restore --noflush`. Which
+//! rules exist and in which order is [`super::rules`]' business; this module renders those
+//! lists one family at a time.
 //!
 //! We only ever touch our own chains (`PALISADE_OUTPUT` in nat, `PALISADE_FENCE` in filter,
 //! `PALISADE_LEAVE` in mangle) and the single jump to each from `OUTPUT` (`POSTROUTING` for
@@ -8,7 +10,9 @@
 use std::fmt::Write as _;
 
 use super::config::CaptureConfig;
-use super::rules::{Family, comment};
+use ipnet::IpNet;
+
+use super::rules::{self, Family, Match, Ports, Reject, Rule, Verdict, comment};
 
 /// Our chain in the nat table.
 pub const NAT_CHAIN: &str = "PALISADE_OUTPUT";
@@ -19,7 +23,7 @@ pub const NAT_JUMP_COMMENT: &str = "palisade: capture";
 /// Comment on the OUTPUT → PALISADE_FENCE jump.
 pub const FENCE_JUMP_COMMENT: &str = "palisade: fence";
 /// Our chain in the mangle table, jumped to from `POSTROUTING`: the last look at a packet,
-/// after the kernel re-routed it (see [`leave_rules`]).
+/// after the kernel re-routed it (see [`rules::leave`]).
 pub const LEAVE_CHAIN: &str = "PALISADE_LEAVE";
 /// Comment on the POSTROUTING → PALISADE_LEAVE jump.
 pub const LEAVE_JUMP_COMMENT: &str = "palisade: loopback never leaves";
@@ -102,13 +106,94 @@ pub fn parse_save(save: &str) -> Existing {
     ex
 }
 
-fn push_rule(out: &mut String, chain: &str, matches: &str, what: &str, target: &str) {
-    let sep = if matches.is_empty() { "" } else { " " };
-    let _ = writeln!(
-        out,
-        "-A {chain}{sep}{matches} -m comment --comment \"{}\" -j {target}",
-        comment(what)
-    );
+/// One `-A` line per rule of `rules`.
+fn render(out: &mut String, chain: &str, rules: &[Rule], family: Family) {
+    for rule in rules {
+        for matches in one_icmpv6_type_each(&rule.matches) {
+            let matches: Vec<String> = matches.iter().map(match_text).collect();
+            let matches = matches.join(" ");
+            let sep = if matches.is_empty() { "" } else { " " };
+            let _ = writeln!(
+                out,
+                "-A {chain}{sep}{matches} -m comment --comment \"{}\" -j {}",
+                comment(&rule.comment),
+                target(rule.verdict, family)
+            );
+        }
+    }
+}
+
+/// iptables matches one ICMPv6 type per rule: a rule with a set of types becomes one rule
+/// per type, in order.
+fn one_icmpv6_type_each(matches: &[Match]) -> Vec<Vec<Match>> {
+    let Some(&Match::Icmpv6 { types, hop_limit }) =
+        matches.iter().find(|m| matches!(m, Match::Icmpv6 { .. }))
+    else {
+        return vec![matches.to_vec()];
+    };
+    types
+        .iter()
+        .map(|t| {
+            matches
+                .iter()
+                .map(|m| match m {
+                    Match::Icmpv6 { .. } => Match::Icmpv6 {
+                        types: std::slice::from_ref(t),
+                        hop_limit,
+                    },
+                    other => other.clone(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn match_text(m: &Match) -> String {
+    match m {
+        Match::Uid(uid) => format!("-m owner --uid-owner {uid}"),
+        Match::Gid(gid) => format!("-m owner --gid-owner {gid}"),
+        Match::NoProcess => "-m owner ! --uid-owner 0-4294967294".to_owned(),
+        Match::TrackedReply => {
+            "-m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY".to_owned()
+        }
+        Match::Tracked => "-m conntrack --ctstate RELATED,ESTABLISHED".to_owned(),
+        Match::Redirected => "-m conntrack --ctstate DNAT".to_owned(),
+        Match::OutLoopback => "-o lo".to_owned(),
+        Match::NotOutLoopback => "! -o lo".to_owned(),
+        Match::DstHost(ip) => format!("-d {}", IpNet::from(*ip)),
+        Match::DstNet(net) => format!("-d {net}"),
+        Match::Proto(proto, None) => format!("-p {}", proto.as_str()),
+        Match::Proto(proto, Some(Ports::One(port))) => {
+            format!("-p {} --dport {port}", proto.as_str())
+        }
+        Match::Proto(proto, Some(Ports::Range(start, end))) => {
+            format!("-p {} --dport {start}:{end}", proto.as_str())
+        }
+        Match::Icmpv6 { types, hop_limit } => types
+            .iter()
+            .map(|t| {
+                format!(
+                    "-p ipv6-icmp -m icmp6 --icmpv6-type {} -m hl --hl-eq {hop_limit}",
+                    t.number
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+fn target(verdict: Verdict, family: Family) -> String {
+    let reject = |with: &str| format!("REJECT --reject-with {with}");
+    match (verdict, family) {
+        (Verdict::Pass, _) => "RETURN".to_owned(),
+        (Verdict::Redirect(port), _) => format!("REDIRECT --to-ports {port}"),
+        (Verdict::Drop, _) => "DROP".to_owned(),
+        (Verdict::Reject(Reject::TcpReset), _) => reject("tcp-reset"),
+        (Verdict::Reject(Reject::PortUnreachable), Family::V4) => reject("icmp-port-unreachable"),
+        (Verdict::Reject(Reject::PortUnreachable), Family::V6) => reject("icmp6-port-unreachable"),
+        (Verdict::Reject(Reject::AdminProhibited), Family::V4) => reject("icmp-admin-prohibited"),
+        (Verdict::Reject(Reject::AdminProhibited), Family::V6) => reject("icmp6-adm-prohibited"),
+    }
 }
 
 /// The `iptables-restore --noflush` text that installs (or refreshes) capture and fence for
@@ -127,7 +212,7 @@ pub fn init_script(cfg: &CaptureConfig, family: Family, nat: bool, existing: &Ex
         out.push_str("*nat\n");
         let _ = writeln!(out, ":{NAT_CHAIN} - [0:0]");
         let _ = writeln!(out, "-F {NAT_CHAIN}");
-        nat_rules(&mut out, cfg, family);
+        render(&mut out, NAT_CHAIN, &rules::nat(cfg, &[family]), family);
         for jump in &existing.nat_jumps {
             let _ = writeln!(out, "-D {}", &jump[3..]);
         }
@@ -140,7 +225,7 @@ pub fn init_script(cfg: &CaptureConfig, family: Family, nat: bool, existing: &Ex
     out.push_str("*filter\n");
     let _ = writeln!(out, ":{FENCE_CHAIN} - [0:0]");
     let _ = writeln!(out, "-F {FENCE_CHAIN}");
-    fence_rules(&mut out, cfg, family);
+    render(&mut out, FENCE_CHAIN, &rules::fence(cfg, &[family]), family);
     for jump in &existing.fence_jumps {
         let _ = writeln!(out, "-D {}", &jump[3..]);
     }
@@ -152,7 +237,7 @@ pub fn init_script(cfg: &CaptureConfig, family: Family, nat: bool, existing: &Ex
     out.push_str("*mangle\n");
     let _ = writeln!(out, ":{LEAVE_CHAIN} - [0:0]");
     let _ = writeln!(out, "-F {LEAVE_CHAIN}");
-    leave_rules(&mut out, family);
+    render(&mut out, LEAVE_CHAIN, &rules::leave(&[family]), family);
     for jump in &existing.leave_jumps {
         let _ = writeln!(out, "-D {}", &jump[3..]);
     }
@@ -162,224 +247,6 @@ pub fn init_script(cfg: &CaptureConfig, family: Family, nat: bool, existing: &Ex
     );
     out.push_str("COMMIT\n");
     out
-}
-
-/// After the kernel re-routed a redirected packet (nat OUTPUT), filter OUTPUT still sees the
-/// original route's interface; only POSTROUTING sees where it really goes. A socket bound to
-/// the pod interface (`SO_BINDTODEVICE`, `IP_UNICAST_IF`, a link-local scope id) keeps its
-/// redirected packets — destination now the loopback address, payload the agent's — on that
-/// interface. Nothing with a loopback destination may leave by any interface but `lo`.
-/// POSTROUTING cannot answer, so these are dropped (the client times out), for every UID.
-fn leave_rules(out: &mut String, family: Family) {
-    let net = match family {
-        Family::V4 => "127.0.0.0/8",
-        Family::V6 => "::1/128",
-    };
-    push_rule(
-        out,
-        LEAVE_CHAIN,
-        &format!("! -o lo -d {net}"),
-        "loopback destination off the loopback interface",
-        "DROP",
-    );
-}
-
-fn owner_returns(out: &mut String, chain: &str, cfg: &CaptureConfig, verb: &str) {
-    push_rule(
-        out,
-        chain,
-        &format!("-m owner --uid-owner {}", cfg.sidecar_uid),
-        &format!("sidecar uid is not {verb}"),
-        "RETURN",
-    );
-    push_rule(
-        out,
-        chain,
-        &format!("-m owner --gid-owner {}", cfg.sidecar_gid),
-        &format!("sidecar gid is not {verb}"),
-        "RETURN",
-    );
-}
-
-/// `RETURN` for the operator's excluded CIDRs and ports (tcp and udp), in nat and filter
-/// alike; `verb` finishes the comment ("excluded port is {verb}").
-fn exclusion_returns(
-    out: &mut String,
-    chain: &str,
-    cfg: &CaptureConfig,
-    family: Family,
-    verb: &str,
-) {
-    for net in excluded_cidrs(cfg, family) {
-        push_rule(
-            out,
-            chain,
-            &format!("-d {net}"),
-            &format!("excluded cidr is {verb}"),
-            "RETURN",
-        );
-    }
-    for port in &cfg.exclude_ports {
-        for proto in ["tcp", "udp"] {
-            push_rule(
-                out,
-                chain,
-                &format!("-p {proto} --dport {port}"),
-                &format!("excluded port is {verb}"),
-                "RETURN",
-            );
-        }
-    }
-}
-
-fn excluded_cidrs(cfg: &CaptureConfig, family: Family) -> Vec<String> {
-    match family {
-        Family::V4 => cfg.exclude_v4.iter().map(|n| n.to_string()).collect(),
-        Family::V6 => cfg.exclude_v6.iter().map(|n| n.to_string()).collect(),
-    }
-}
-
-fn nat_rules(out: &mut String, cfg: &CaptureConfig, family: Family) {
-    let c = NAT_CHAIN;
-    owner_returns(out, c, cfg, "captured");
-    exclusion_returns(out, c, cfg, family, "not captured");
-    // DNS before the loopback exemption: a stub resolver on 127.0.0.53 is captured too.
-    for proto in ["udp", "tcp"] {
-        push_rule(
-            out,
-            c,
-            &format!("-p {proto} --dport 53"),
-            &format!("dns ({proto}) to policy dns"),
-            &format!("REDIRECT --to-ports {}", cfg.dns_port),
-        );
-    }
-    push_rule(out, c, "-o lo", "loopback is not captured", "RETURN");
-    push_rule(
-        out,
-        c,
-        "-p tcp",
-        "tcp to transparent egress",
-        &format!("REDIRECT --to-ports {}", cfg.outbound_port),
-    );
-}
-
-fn fence_rules(out: &mut String, cfg: &CaptureConfig, family: Family) {
-    let c = FENCE_CHAIN;
-    owner_returns(out, c, cfg, "fenced");
-    // Only the reply direction: replies of flows others opened towards the pod (inbound
-    // services, ICMP errors about them). A packet in the original direction of a tracked
-    // flow is the sender's own — the agent can bind the source port of a sidecar flow that
-    // ended (or of a live UDP one) and would otherwise ride its conntrack entry out. The
-    // agent's own redirected flows pass by the DNAT rules below, in both states.
-    push_rule(
-        out,
-        c,
-        "-m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY",
-        "replies of inbound flows",
-        "RETURN",
-    );
-    // Packets of tracked flows that no process sends: a socket the sidecar already closed
-    // (retransmissions, FIN), TIME_WAIT answers and kernel replies. The owner match above
-    // misses them (no file behind the socket), and a process cannot send such a packet on
-    // purpose; every packet from a process's socket goes on to the rules below.
-    push_rule(
-        out,
-        c,
-        "-m owner ! --uid-owner 0-4294967294 -m conntrack --ctstate RELATED,ESTABLISHED",
-        "tracked packets no process sends (closed sockets, time-wait, kernel)",
-        "RETURN",
-    );
-    // After REDIRECT the destination is the loopback address (the hook's out interface is
-    // still the original route's, so match the address, not `-o lo`).
-    for (proto, port, what) in [
-        (
-            "tcp",
-            cfg.outbound_port,
-            "redirected tcp to transparent egress",
-        ),
-        ("udp", cfg.dns_port, "redirected dns (udp) to policy dns"),
-        ("tcp", cfg.dns_port, "redirected dns (tcp) to policy dns"),
-    ] {
-        push_rule(
-            out,
-            c,
-            &format!(
-                "-d {} -p {proto} --dport {port} -m conntrack --ctstate DNAT",
-                family.loopback()
-            ),
-            what,
-            "RETURN",
-        );
-    }
-    exclusion_returns(out, c, cfg, family, "allowed");
-    if let Some(port) = cfg.explicit_proxy_port {
-        push_rule(
-            out,
-            c,
-            &format!("-o lo -p tcp --dport {port}"),
-            "agent may use the explicit proxy",
-            "RETURN",
-        );
-    }
-    let range = format!("{}:{}", cfg.sidecar_ports.start, cfg.sidecar_ports.end);
-    push_rule(
-        out,
-        c,
-        &format!("-o lo -p tcp --dport {range}"),
-        "sidecar ports are not for the agent",
-        "REJECT --reject-with tcp-reset",
-    );
-    push_rule(
-        out,
-        c,
-        &format!("-o lo -p udp --dport {range}"),
-        "sidecar ports are not for the agent",
-        &format!("REJECT --reject-with {}", family.port_unreachable()),
-    );
-    push_rule(out, c, "-o lo", "loopback stays open", "RETURN");
-    if family == Family::V6 {
-        // Neighbour discovery (hop limit 255, link-local by construction) and MLD reports
-        // (hop limit 1) keep the pod's own IPv6 links working; echo requests stay rejected.
-        for t in [133, 134, 135, 136, 137] {
-            push_rule(
-                out,
-                c,
-                &format!("-p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 255"),
-                "ipv6 neighbour discovery",
-                "RETURN",
-            );
-        }
-        for t in [131, 132, 143] {
-            push_rule(
-                out,
-                c,
-                &format!("-p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 1"),
-                "ipv6 multicast listener report",
-                "RETURN",
-            );
-        }
-    }
-    push_rule(
-        out,
-        c,
-        "-p tcp",
-        "fence: tcp that was not redirected",
-        "REJECT --reject-with tcp-reset",
-    );
-    push_rule(
-        out,
-        c,
-        "-p udp",
-        "fence: udp",
-        &format!("REJECT --reject-with {}", family.port_unreachable()),
-    );
-    push_rule(
-        out,
-        c,
-        "",
-        "fence: everything else (icmp, sctp, raw)",
-        &format!("REJECT --reject-with {}", family.admin_prohibited()),
-    );
 }
 
 /// The `--noflush` text that removes exactly our jumps and chains (None: nothing of ours).

@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use palisade_api::defaults;
 
 pub use backend::BackendChoice;
 use config::{CaptureConfig, PortRange, parse_cidr, parse_port};
@@ -45,26 +46,22 @@ pub struct InitArgs {
     )]
     pub backend: BackendChoice,
     /// UID of the sidecar; its traffic is neither redirected nor fenced.
-    #[arg(long, default_value_t = crate::DEFAULT_SIDECAR_UID, env = "PALISADE_SIDECAR_UID")]
+    #[arg(long, default_value_t = defaults::SIDECAR_UID, env = "PALISADE_SIDECAR_UID")]
     pub sidecar_uid: u32,
     /// GID of the sidecar (default: the sidecar UID).
     #[arg(long, env = "PALISADE_SIDECAR_GID")]
     pub sidecar_gid: Option<u32>,
     /// Transparent egress port every other UID's TCP is redirected to.
-    #[arg(long, default_value_t = crate::DEFAULT_OUTBOUND_PORT, env = "PALISADE_OUTBOUND_PORT")]
+    #[arg(long, default_value_t = defaults::OUTBOUND_PORT, env = "PALISADE_OUTBOUND_PORT")]
     pub outbound_port: u16,
     /// Policy DNS port udp/tcp 53 is redirected to.
-    #[arg(long, default_value_t = crate::DEFAULT_DNS_PORT, env = "PALISADE_DNS_PORT")]
+    #[arg(long, default_value_t = defaults::DNS_PORT, env = "PALISADE_DNS_PORT")]
     pub dns_port: u16,
     /// Explicit proxy port the agent may reach on loopback (0: fence it like the others).
-    #[arg(long, default_value_t = crate::DEFAULT_EXPLICIT_PROXY_PORT, env = "PALISADE_EXPLICIT_PROXY_PORT")]
+    #[arg(long, default_value_t = defaults::EXPLICIT_PROXY_PORT, env = "PALISADE_EXPLICIT_PROXY_PORT")]
     pub explicit_proxy_port: u16,
     /// Loopback ports reserved for the sidecar; the agent is refused there.
-    #[arg(
-        long,
-        default_value = "15000-15099",
-        env = "PALISADE_SIDECAR_PORT_RANGE"
-    )]
+    #[arg(long, default_value_t = PortRange::SIDECAR, env = "PALISADE_SIDECAR_PORT_RANGE")]
     pub sidecar_port_range: PortRange,
     /// Destination ports (tcp and udp) that bypass the sidecar and are allowed by the fence.
     #[arg(long, value_delimiter = ',', value_parser = parse_port, env = "PALISADE_EXCLUDE_OUTBOUND_PORTS")]
@@ -97,7 +94,7 @@ pub struct CleanupArgs {
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
     /// Port the rules redirect TCP to; validate listens there itself (run it before `run`).
-    #[arg(long, default_value_t = crate::DEFAULT_OUTBOUND_PORT, env = "PALISADE_OUTBOUND_PORT")]
+    #[arg(long, default_value_t = defaults::OUTBOUND_PORT, env = "PALISADE_OUTBOUND_PORT")]
     pub outbound_port: u16,
     /// IPv4 TCP probe destination (must be captured, i.e. not excluded).
     #[arg(long, default_value = "192.0.2.1:80")]
@@ -118,7 +115,7 @@ pub struct ValidateArgs {
     #[arg(long, default_value_t = 3)]
     pub timeout_secs: u64,
     /// The sidecar UID (validate refuses to run as it: that UID is not captured).
-    #[arg(long, default_value_t = crate::DEFAULT_SIDECAR_UID, env = "PALISADE_SIDECAR_UID")]
+    #[arg(long, default_value_t = defaults::SIDECAR_UID, env = "PALISADE_SIDECAR_UID")]
     pub sidecar_uid: u32,
 }
 

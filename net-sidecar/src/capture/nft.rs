@@ -1,19 +1,21 @@
 //! Native nftables rule text: pure functions from [`CaptureConfig`] to the script fed to
 //! `nft -f -`. Everything lives in our own `table inet palisade` (one table for both
 //! families; nat in the `inet` family needs Linux >= 5.2). Re-running replaces the table
-//! in the same transaction, so the result is identical; cleanup deletes the table.
+//! in the same transaction, so the result is identical; cleanup deletes the table. Which
+//! rules exist and in which order is [`super::rules`]' business; this module renders those
+//! lists for both families at once.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use super::config::CaptureConfig;
-use super::rules::comment;
+use super::rules::{self, Family, Match, Ports, Reject, Rule, Verdict, comment};
 
 /// Our table (family `inet`).
 pub const TABLE: &str = "palisade";
 
-fn rule(out: &mut String, body: &str, what: &str) {
-    let _ = writeln!(out, "\t\t{body} comment \"{}\"", comment(what));
-}
+/// Both families: one `inet` table holds the rules of each.
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 
 /// The `nft -f` script that (re)creates `table inet palisade` atomically.
 pub fn init_script(cfg: &CaptureConfig) -> String {
@@ -24,170 +26,92 @@ pub fn init_script(cfg: &CaptureConfig) -> String {
     let _ = writeln!(out, "table inet {TABLE} {{");
 
     out.push_str("\tchain nat_output {\n\t\ttype nat hook output priority -100; policy accept;\n");
-    owner_rules(&mut out, cfg, "return", "captured");
-    exclusions(&mut out, cfg, "return", "is not captured");
-    for proto in ["udp", "tcp"] {
-        rule(
-            &mut out,
-            &format!("{proto} dport 53 redirect to :{}", cfg.dns_port),
-            &format!("dns ({proto}) to policy dns"),
-        );
-    }
-    rule(
-        &mut out,
-        "oifname \"lo\" return",
-        "loopback is not captured",
-    );
-    rule(
-        &mut out,
-        &format!("meta l4proto tcp redirect to :{}", cfg.outbound_port),
-        "tcp to transparent egress",
-    );
+    render(&mut out, &rules::nat(cfg, &FAMILIES), "return");
     out.push_str("\t}\n\n");
 
     out.push_str("\tchain fence {\n\t\ttype filter hook output priority 0; policy accept;\n");
-    owner_rules(&mut out, cfg, "accept", "fenced");
-    // Only the reply direction (see `fence_rules` in iptables.rs): a packet in the original
-    // direction of a tracked flow is its sender's own, never a licence to ride the sidecar's.
-    rule(
-        &mut out,
-        "ct state established,related ct direction reply accept",
-        "replies of inbound flows",
-    );
-    // `meta skuid` matches only packets a process's socket sends; the others (a socket the
-    // sidecar already closed, TIME_WAIT answers, kernel replies) of tracked flows pass,
-    // as in iptables.rs. Every packet of a process goes on to `fenced`.
-    rule(
-        &mut out,
-        "meta skuid 0-4294967294 goto fenced",
-        "packets of a process: the fence",
-    );
-    rule(
-        &mut out,
-        "ct state established,related accept",
-        "tracked packets no process sends (closed sockets, time-wait, kernel)",
-    );
-    rule(&mut out, "goto fenced", "everything else: the fence");
-    out.push_str("\t}\n\n\tchain fenced {\n");
-    // After `redirect` the destination is the loopback address (the hook's output
-    // interface is still the original route's, so match the address, not oifname).
-    for (l3, lo) in [("ip", "127.0.0.1"), ("ip6", "::1")] {
-        for (proto, port, what) in [
-            (
-                "tcp",
-                cfg.outbound_port,
-                "redirected tcp to transparent egress",
-            ),
-            ("udp", cfg.dns_port, "redirected dns (udp) to policy dns"),
-            ("tcp", cfg.dns_port, "redirected dns (tcp) to policy dns"),
-        ] {
-            rule(
-                &mut out,
-                &format!("{l3} daddr {lo} {proto} dport {port} ct status dnat accept"),
-                what,
-            );
-        }
-    }
-    exclusions(&mut out, cfg, "accept", "is allowed");
-    if let Some(port) = cfg.explicit_proxy_port {
-        rule(
-            &mut out,
-            &format!("oifname \"lo\" tcp dport {port} accept"),
-            "agent may use the explicit proxy",
-        );
-    }
-    let range = format!("{}-{}", cfg.sidecar_ports.start, cfg.sidecar_ports.end);
-    rule(
-        &mut out,
-        &format!("oifname \"lo\" tcp dport {range} reject with tcp reset"),
-        "sidecar ports are not for the agent",
-    );
-    rule(
-        &mut out,
-        &format!("oifname \"lo\" udp dport {range} reject with icmpx type port-unreachable"),
-        "sidecar ports are not for the agent",
-    );
-    rule(&mut out, "oifname \"lo\" accept", "loopback stays open");
-    rule(
-        &mut out,
-        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, \
-         nd-neighbor-advert, nd-redirect } ip6 hoplimit 255 accept",
-        "ipv6 neighbour discovery",
-    );
-    rule(
-        &mut out,
-        "icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } \
-         ip6 hoplimit 1 accept",
-        "ipv6 multicast listener report",
-    );
-    rule(
-        &mut out,
-        "meta l4proto tcp reject with tcp reset",
-        "fence: tcp that was not redirected",
-    );
-    rule(
-        &mut out,
-        "meta l4proto udp reject with icmpx type port-unreachable",
-        "fence: udp",
-    );
-    rule(
-        &mut out,
-        "reject with icmpx type admin-prohibited",
-        "fence: everything else (icmp, sctp, raw)",
-    );
+    render(&mut out, &rules::fence(cfg, &FAMILIES), "accept");
     out.push_str("\t}\n\n");
 
-    // The re-routed packet's real interface is known only here (see `leave_rules` in
-    // iptables.rs): a loopback destination never leaves by another interface.
+    // The re-routed packet's real interface is known only in postrouting ([`rules::leave`]).
     out.push_str("\tchain leave {\n\t\ttype filter hook postrouting priority 0; policy accept;\n");
-    for (l3, net) in [("ip", "127.0.0.0/8"), ("ip6", "::1")] {
-        rule(
-            &mut out,
-            &format!("oifname != \"lo\" {l3} daddr {net} drop"),
-            "loopback destination off the loopback interface",
-        );
-    }
+    render(&mut out, &rules::leave(&FAMILIES), "accept");
     out.push_str("\t}\n}\n");
     out
 }
 
-fn owner_rules(out: &mut String, cfg: &CaptureConfig, verdict: &str, verb: &str) {
-    rule(
-        out,
-        &format!("meta skuid {} {verdict}", cfg.sidecar_uid),
-        &format!("sidecar uid is not {verb}"),
-    );
-    rule(
-        out,
-        &format!("meta skgid {} {verdict}", cfg.sidecar_gid),
-        &format!("sidecar gid is not {verb}"),
-    );
+fn rule_line(out: &mut String, body: &str, what: &str) {
+    let _ = writeln!(out, "\t\t{body} comment \"{}\"", comment(what));
 }
 
-fn exclusions(out: &mut String, cfg: &CaptureConfig, verdict: &str, suffix: &str) {
-    for net in &cfg.exclude_v4 {
-        rule(
-            out,
-            &format!("ip daddr {net} {verdict}"),
-            &format!("excluded cidr {suffix}"),
-        );
-    }
-    for net in &cfg.exclude_v6 {
-        rule(
-            out,
-            &format!("ip6 daddr {net} {verdict}"),
-            &format!("excluded cidr {suffix}"),
-        );
-    }
-    for port in &cfg.exclude_ports {
-        for proto in ["tcp", "udp"] {
-            rule(
-                out,
-                &format!("{proto} dport {port} {verdict}"),
-                &format!("excluded port {suffix}"),
-            );
+/// One line per rule; [`Verdict::Pass`] is `pass` (`return` in nat, `accept` in filter).
+///
+/// nft has no "no socket owner" match (`meta skuid` matches only packets a process's socket
+/// sends), so a rule with [`Match::NoProcess`] is lowered: a process's packets go to the
+/// chain `fenced`, which holds the rest of the list; the others pass if the rule's other
+/// matches hold; everything else goes to `fenced` too.
+fn render(out: &mut String, rules: &[Rule], pass: &str) {
+    for rule in rules {
+        if !rule.matches.contains(&Match::NoProcess) {
+            rule_line(out, &body(&rule.matches, rule.verdict, pass), &rule.comment);
+            continue;
         }
+        rule_line(
+            out,
+            "meta skuid 0-4294967294 goto fenced",
+            "packets of a process: the fence",
+        );
+        rule_line(out, &body(&rule.matches, rule.verdict, pass), &rule.comment);
+        rule_line(out, "goto fenced", "everything else: the fence");
+        out.push_str("\t}\n\n\tchain fenced {\n");
     }
+}
+
+/// The rule text before the comment. [`Match::NoProcess`] has no text of its own (see
+/// [`render`]).
+fn body(matches: &[Match], verdict: Verdict, pass: &str) -> String {
+    let mut words: Vec<String> = matches.iter().filter_map(match_text).collect();
+    words.push(match verdict {
+        Verdict::Pass => pass.to_owned(),
+        Verdict::Redirect(port) => format!("redirect to :{port}"),
+        Verdict::Drop => "drop".to_owned(),
+        Verdict::Reject(Reject::TcpReset) => "reject with tcp reset".to_owned(),
+        Verdict::Reject(Reject::PortUnreachable) => {
+            "reject with icmpx type port-unreachable".to_owned()
+        }
+        Verdict::Reject(Reject::AdminProhibited) => {
+            "reject with icmpx type admin-prohibited".to_owned()
+        }
+    });
+    words.join(" ")
+}
+
+fn match_text(m: &Match) -> Option<String> {
+    let l3 = |ip: &IpAddr| if ip.is_ipv4() { "ip" } else { "ip6" };
+    Some(match m {
+        Match::Uid(uid) => format!("meta skuid {uid}"),
+        Match::Gid(gid) => format!("meta skgid {gid}"),
+        Match::NoProcess => return None,
+        Match::TrackedReply => "ct state established,related ct direction reply".to_owned(),
+        Match::Tracked => "ct state established,related".to_owned(),
+        Match::Redirected => "ct status dnat".to_owned(),
+        Match::OutLoopback => "oifname \"lo\"".to_owned(),
+        Match::NotOutLoopback => "oifname != \"lo\"".to_owned(),
+        Match::DstHost(ip) => format!("{} daddr {ip}", l3(ip)),
+        Match::DstNet(net) => format!("{} daddr {net}", l3(&net.addr())),
+        Match::Proto(proto, None) => format!("meta l4proto {}", proto.as_str()),
+        Match::Proto(proto, Some(Ports::One(port))) => format!("{} dport {port}", proto.as_str()),
+        Match::Proto(proto, Some(Ports::Range(start, end))) => {
+            format!("{} dport {start}-{end}", proto.as_str())
+        }
+        Match::Icmpv6 { types, hop_limit } => {
+            let names: Vec<&str> = types.iter().map(|t| t.name).collect();
+            format!(
+                "icmpv6 type {{ {} }} ip6 hoplimit {hop_limit}",
+                names.join(", ")
+            )
+        }
+    })
 }
 
 /// The `nft -f` script that removes our table (and succeeds when it is absent).

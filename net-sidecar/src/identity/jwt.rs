@@ -388,7 +388,8 @@ mod tests {
             TokenResponse {
                 token: format!("tok-{n}"),
                 token_type: "Bearer".into(),
-                sandbox_id: "sbx".into(),
+                sandbox_id: palisade_api::SandboxId::parse("sbx-0123456789abcdef0123456789abcdef")
+                    .unwrap(),
                 expires_at: unix() + self.ttl,
                 kid: "k1".into(),
             }

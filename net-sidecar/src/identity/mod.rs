@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use self::backoff::Backoff;
 use self::client::GatewayClient;
@@ -31,14 +31,14 @@ use self::jwt::{GatewayIssuer, IdentityError, JwtStore};
 use self::metrics::IdentityMetrics;
 pub use self::settings::{GatewayFlags, GatewaySettings};
 use crate::credentials::{DeliveredStore, GatewayCredentials};
-use crate::run::PolicyUpdate;
+use crate::policy::UpdateReceiver;
 
 /// What the data plane gets from a started identity.
 #[derive(Debug)]
 pub struct Started {
     pub credentials: GatewayCredentials,
     /// Policy documents from the session, for `PolicySource::from_gateway`.
-    pub policy_updates: mpsc::Receiver<PolicyUpdate>,
+    pub policy_updates: UpdateReceiver,
 }
 
 /// Bootstrap the sandbox JWT (retrying while the gateway is unreachable), then start the
@@ -89,7 +89,7 @@ pub async fn start(
         }
     });
     let delivered = Arc::new(DeliveredStore::new(validity_rx));
-    let (policy_tx, policy_rx) = mpsc::channel(8);
+    let (policy_tx, policy_rx) = crate::policy::feed();
     let ctx = Arc::new(session::SessionCtx {
         client: client.clone(),
         sandbox: settings.sandbox_id.clone(),

@@ -15,7 +15,6 @@ use std::time::Duration;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt as _;
 use palisade_api::session::{DEFAULT_HEARTBEAT_SECONDS, SESSION_CONTENT_TYPE, SessionEvent};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
@@ -24,7 +23,7 @@ use super::jwt::{IdentityError, JwtStore};
 use super::metrics::IdentityMetrics;
 use super::settings::SandboxId;
 use crate::credentials::DeliveredStore;
-use crate::run::PolicyUpdate;
+use crate::policy::{PolicyUpdate, UpdateSender};
 
 /// Longest event line accepted: a maximal policy, JSON-escaped, with room to spare.
 pub const MAX_EVENT_LINE: usize = 4 * palisade_policy::MAX_POLICY_BYTES + 1024 * 1024;
@@ -86,7 +85,7 @@ pub struct SessionCtx {
     pub client: GatewayClient,
     pub sandbox: SandboxId,
     pub jwt: Arc<JwtStore>,
-    pub policy: mpsc::Sender<PolicyUpdate>,
+    pub policy: UpdateSender,
     pub delivered: Arc<DeliveredStore>,
     pub shim_socket: PathBuf,
     pub metrics: IdentityMetrics,

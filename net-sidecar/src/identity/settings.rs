@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use http::Uri;
 
-/// The raw flags (see `run::config::RunArgs`).
+/// The raw flags (see `app::config::RunArgs`).
 #[derive(Debug)]
 pub struct GatewayFlags {
     pub url: String,
@@ -30,26 +30,9 @@ pub enum Bootstrap {
     ServiceAccount(PathBuf),
 }
 
-/// A sandbox id (`sbx-` + 32 lower-case hex), safe to put in a URL path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxId(String);
-
-impl SandboxId {
-    pub fn parse(s: &str) -> Option<Self> {
-        let hex = s.strip_prefix("sbx-")?;
-        (hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| Self(s.to_owned()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for SandboxId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// A sandbox id (`sbx-` + 32 lower-case hex), safe to put in a URL path: the one type the
+/// gateway, the wire types and the sidecar share.
+pub use palisade_api::SandboxId;
 
 /// Checked gateway settings.
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@
 //! policy.name_allowed(host) -> bool                // DNS: some rule names the host (any port)
 //! policy.rule(id) -> &CompiledRule                 // name(), tls_mode(), needs_l7(), opaque_tcp(), credential(), allows_address(ip)
 //! policy.match_request(id, method, path, query) -> Decision   // path already normalised by the caller
+//! judged_path(raw) -> Result<String, PathProblem>  // how the caller normalises (or refuses) a path
 //! policy.match_request_methods(id, method, overrides, path, query) -> Decision  // deny wins over every method
 //! policy.inspected_hosts() -> impl Iterator<Item=&str>      // names for the CA's name constraints
 //! ```
@@ -29,6 +30,7 @@
 
 mod glob;
 mod http;
+mod path;
 mod rule;
 #[cfg(test)]
 mod tests;
@@ -38,6 +40,7 @@ use std::collections::{BTreeMap, HashMap};
 pub use self::glob::PathGlob;
 use self::http::HttpOutcome;
 pub use self::http::{READ_ONLY_METHODS, READ_WRITE_METHODS, access_label, query_pairs};
+pub use self::path::{PathProblem, has_path_parameters, judged_path, normalize_path};
 pub use self::rule::{CompiledRule, effective_tls};
 use crate::decision::{Decision, DenyReason};
 use crate::host::{self, HostPattern};
@@ -202,9 +205,10 @@ impl CompiledPolicy {
     /// Request-level decision inside a rule.
     ///
     /// `method` is the request method as sent; `path` must already be
-    /// normalised by the caller (percent-decoding of unreserved characters,
-    /// `.`/`..` segments resolved, no query or fragment; an empty path counts
-    /// as `/`) — this function compares it byte for byte, case-sensitively.
+    /// normalised by the caller with [`judged_path`] (percent-decoding of
+    /// unreserved characters, `.`/`..` segments resolved, no query or
+    /// fragment; an empty path counts as `/`; `;` path parameters refused)
+    /// — this function compares it byte for byte, case-sensitively.
     /// `query` is the raw query string without `?`; keys and values are
     /// percent-decoded here.
     ///
