@@ -19,7 +19,7 @@ use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -27,6 +27,7 @@ use nix::sys::signal::{SigSet, Signal, killpg};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::environment::Env;
@@ -127,10 +128,6 @@ pub struct Waiters {
 }
 
 impl Waiters {
-    fn lock(&self) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<WaitStatus>>> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Run `start` (which spawns one child and returns its pid) with the registry
     /// locked, and register the pid before unlocking: the reaper, which takes the same
     /// lock to deliver a status, cannot collect the child before its waiter exists.
@@ -140,7 +137,7 @@ impl Waiters {
         &self,
         start: impl FnOnce() -> std::io::Result<(Pid, T)>,
     ) -> std::io::Result<(Pid, T, oneshot::Receiver<WaitStatus>)> {
-        let mut registry = self.lock();
+        let mut registry = self.inner.lock();
         let (pid, value) = start()?;
         let (tx, rx) = oneshot::channel();
         registry.insert(pid.as_raw(), tx);
@@ -149,7 +146,7 @@ impl Waiters {
 
     /// Run `f` holding the spawn lock without registering anything (the workload).
     fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _registry = self.lock();
+        let _registry = self.inner.lock();
         f()
     }
 
@@ -158,7 +155,7 @@ impl Waiters {
         let Some(pid) = status.pid() else {
             return;
         };
-        if let Some(tx) = self.lock().remove(&pid.as_raw()) {
+        if let Some(tx) = self.inner.lock().remove(&pid.as_raw()) {
             // The waiter may be gone (session ended early); nothing to do then.
             let _ = tx.send(status);
         }
@@ -333,11 +330,11 @@ mod tests {
         waiters.deliver(WaitStatus::Exited(pid, 5));
         assert_eq!(rx.try_recv().unwrap(), WaitStatus::Exited(pid, 5));
         // Delivered once: the registration is gone.
-        assert!(waiters.lock().is_empty());
+        assert!(waiters.inner.lock().is_empty());
         // A failed spawn registers nothing.
         let failed = waiters.spawn::<()>(|| Err(std::io::Error::other("no")));
         assert!(failed.is_err());
-        assert!(waiters.lock().is_empty());
+        assert!(waiters.inner.lock().is_empty());
     }
 
     #[test]

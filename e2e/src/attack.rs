@@ -139,7 +139,7 @@ impl PacketCapture {
     }
 
     /// Stop capturing (SIGINT: tcpdump writes out what it holds and exits). Idempotent;
-    /// [`Self::packets`] and [`Self::hex_dump`] call it, so they see every packet sent
+    /// [`Self::packets`] and [`Self::carried`] call it, so they see every packet sent
     /// before them.
     pub fn stop(&mut self) {
         if self.proc.try_status().is_some() {

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -207,7 +208,7 @@ impl FakeTokenEndpoint {
     }
 
     pub fn set_behaviour(&self, b: Behaviour) {
-        *lock(&self.state.behaviour) = b;
+        *self.state.behaviour.lock() = b;
     }
 
     /// `expires_in` of tokens issued from now on.
@@ -222,19 +223,12 @@ impl FakeTokenEndpoint {
 
     /// Tokens issued (after successful verification), oldest first.
     pub fn issued(&self) -> Vec<Issued> {
-        lock(&self.state.issued).clone()
+        self.state.issued.lock().clone()
     }
 
     /// Why requests were refused (verification failures), oldest first.
     pub fn rejected(&self) -> Vec<String> {
-        lock(&self.state.rejected).clone()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
+        self.state.rejected.lock().clone()
     }
 }
 
@@ -351,7 +345,7 @@ async fn handle(
     };
     state.requests.fetch_add(1, Ordering::SeqCst);
     let form = parse_form(&body);
-    let behaviour = *lock(&state.behaviour);
+    let behaviour = *state.behaviour.lock();
     match behaviour {
         Behaviour::Hang => {
             std::future::pending::<()>().await;
@@ -410,7 +404,7 @@ async fn handle(
     }
     let audience = form.get("audience").cloned();
     let scope = form.get("scope").cloned();
-    let n = lock(&state.issued).len();
+    let n = state.issued.lock().len();
     let base = format!(
         "{grant}.{}.{}.{n}",
         audience.as_deref().unwrap_or("-"),
@@ -421,7 +415,7 @@ async fn handle(
         Behaviour::NonToken68 => format!("at {base} \"quoted\""),
         _ => format!("at-{base}"),
     };
-    lock(&state.issued).push(Issued {
+    state.issued.lock().push(Issued {
         grant: grant.to_owned(),
         audience,
         scope,
@@ -439,7 +433,7 @@ async fn handle(
 }
 
 fn reject(state: &State, error: &str, why: &str) -> Response<Full<Bytes>> {
-    lock(&state.rejected).push(format!("{error}: {why}"));
+    state.rejected.lock().push(format!("{error}: {why}"));
     oauth_error(StatusCode::UNAUTHORIZED, error, why)
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +17,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use palisade_api::{KeyInfo, SANDBOX_TOKEN_TYP, WORKLOAD_TOKEN_TYP};
+use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
 use crate::store::{KeyMeta, Store, StoreError};
@@ -275,17 +276,11 @@ impl KeySet {
     }
 
     fn snapshot(&self) -> Arc<Keys> {
-        match self.state.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.state.read().clone()
     }
 
     fn install(&self, keys: Keys) {
-        let mut g = match self.state.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut g = self.state.write();
         *g = Arc::new(keys);
     }
 
@@ -325,10 +320,7 @@ impl KeySet {
 
     /// Make a new key the signer; the old one verifies for `retention_secs` more.
     pub fn rotate(&self, now: u64) -> Result<Arc<KeyEntry>, KeyError> {
-        let _guard = match self.rotating.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let _guard = self.rotating.lock();
         let current = self.snapshot();
         let fresh = Self::new_key(&self.dir, now)?;
         let mut by_kid = BTreeMap::new();
@@ -358,10 +350,7 @@ impl KeySet {
 
     /// Drop retired keys whose verification window has passed.
     pub fn prune(&self, now: u64) -> Result<(), KeyError> {
-        let _guard = match self.rotating.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let _guard = self.rotating.lock();
         let current = self.snapshot();
         if !current
             .by_kid

@@ -17,11 +17,12 @@
 //! that failed any check.
 
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_api::{SANDBOX_TOKEN_AUDIENCE, SANDBOX_TOKEN_TYP, WORKLOAD_TOKEN_TYP};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -181,19 +182,12 @@ impl VerifiedTokens {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<[u8; 32], Arc<Checked>>> {
-        // The map holds no invariant a panicking holder could break.
-        self.lru
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn get(&self, digest: &[u8; 32]) -> Option<Arc<Checked>> {
-        self.lock().get(digest).cloned()
+        self.lru.lock().get(digest).cloned()
     }
 
     fn put(&self, digest: [u8; 32], checked: Checked) {
-        self.lock().put(digest, Arc::new(checked));
+        self.lru.lock().put(digest, Arc::new(checked));
     }
 }
 
@@ -317,7 +311,7 @@ impl TokenService {
         if let Some(checked) = self.verified.get(&digest) {
             #[cfg(test)]
             {
-                self.verified.counts.lock().unwrap().1 += 1;
+                self.verified.counts.lock().1 += 1;
             }
             self.keys
                 .get(&checked.kid, now)
@@ -327,7 +321,7 @@ impl TokenService {
         }
         #[cfg(test)]
         {
-            self.verified.counts.lock().unwrap().0 += 1;
+            self.verified.counts.lock().0 += 1;
         }
         let (claims, kid): (SandboxClaims, String) = self.verify_with(token, now)?;
         let id = self.check_claims(&claims, now)?;
@@ -475,7 +469,7 @@ mod tests {
     impl TokenService {
         /// (signature checks done, signature checks skipped) so far.
         fn signature_checks(&self) -> (u64, u64) {
-            *self.verified.counts.lock().unwrap()
+            *self.verified.counts.lock()
         }
     }
 

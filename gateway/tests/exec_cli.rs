@@ -1,7 +1,7 @@
 //! `palisade sandbox exec` (the real CLI binary) against an in-process gateway and
 //! its exec relay; the sandbox side is played by this test: it holds the sidecar's
 //! session, dials back on the relay request and answers the exec frames like the shim.
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // helpers outside #[test] fns; a panic is the failure report
 
 mod support;
 

@@ -6,8 +6,8 @@
 mod support;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +17,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use support::*;
 
@@ -119,7 +120,7 @@ impl JwksServer {
                             async move {
                                 let resp = if req.uri().path() == "/keys" {
                                     s.fetches.fetch_add(1, Ordering::SeqCst);
-                                    let doc = json!({ "keys": *s.keys.lock().unwrap() });
+                                    let doc = json!({ "keys": *s.keys.lock() });
                                     Response::new(Full::new(Bytes::from(doc.to_string())))
                                 } else {
                                     let mut r = Response::new(Full::new(Bytes::new()));
@@ -336,7 +337,7 @@ async fn a_rotated_issuer_key_is_picked_up_on_unknown_kid() {
 
     // The issuer rotates to an Ed25519 key and drops the old one.
     let (new, _) = ed25519("new");
-    *jwks.keys.lock().unwrap() = vec![new.jwk.clone()];
+    *jwks.keys.lock() = vec![new.jwk.clone()];
     let a = get(&gw.client(Some(&c(&new))), "/v1/keys").await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(jwks.fetches(), 2, "the unknown kid triggered one refetch");

@@ -9,7 +9,7 @@ mod support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use palisade_gateway::client::{Answer, GatewayClient};
+use parking_lot::Mutex;
 use prost::Message as _;
 use support::{ADMIN_TOKEN, write_admin_token};
 
@@ -48,7 +49,7 @@ impl TraceService for Sink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.got.lock().unwrap().push(request.into_inner());
+        self.got.lock().push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -83,7 +84,7 @@ impl Sink {
     }
 
     fn requests(&self) -> Vec<ExportTraceServiceRequest> {
-        self.got.lock().unwrap().clone()
+        self.got.lock().clone()
     }
 
     fn spans(&self) -> Vec<Span> {

@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+#[allow(clippy::expect_used)] // test helper: a binary that cannot start fails the test
 fn palisade(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(args)

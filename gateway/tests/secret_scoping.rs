@@ -6,7 +6,7 @@
 //! policies stored on the gateway, and no route ever answers a secret value.
 //! Real gateway on 127.0.0.1:0, real OIDC editor and platform tokens
 //! (Ed25519, verified from a PEM file), real sandbox JWTs.
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // helpers outside #[test] fns; a panic is the failure report
 
 mod support;
 

@@ -30,6 +30,7 @@ fn policy_text() -> String {
     y
 }
 
+#[allow(clippy::expect_used)] // the policy is generated above; a panic is the bench's failure report
 fn bench(c: &mut Criterion) {
     let text = policy_text();
     let policy =

@@ -1,6 +1,6 @@
 //! Helpers for running the real `palisade-shim` binary as an unprivileged UID under
 //! `setpriv` (the tests themselves run as root).
-#![allow(dead_code, clippy::unwrap_used)] // test helpers: panicking is the failure report
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test helpers: panicking is the failure report
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -18,9 +18,10 @@
 //! the store still has the record after a failed delete.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use palisade_api::{Sandbox, StoredPolicy};
+use parking_lot::RwLock;
 
 use crate::principal::SandboxId;
 use crate::store::{
@@ -68,18 +69,12 @@ impl LiveSandboxStore {
 
     /// Whether `id` exists (memory only).
     pub fn contains(&self, id: &SandboxId) -> bool {
-        match self.live.read() {
-            Ok(set) => set.contains(id),
-            Err(poisoned) => poisoned.into_inner().contains(id),
-        }
+        self.live.read().contains(id)
     }
 
     /// How many sandboxes exist (memory only).
     pub fn len(&self) -> usize {
-        match self.live.read() {
-            Ok(set) => set.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
-        }
+        self.live.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,10 +82,7 @@ impl LiveSandboxStore {
     }
 
     fn with_set<T>(&self, f: impl FnOnce(&mut HashSet<SandboxId>) -> T) -> T {
-        match self.live.write() {
-            Ok(mut set) => f(&mut set),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        f(&mut self.live.write())
     }
 }
 

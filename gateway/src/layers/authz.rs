@@ -1,5 +1,6 @@
 //! Authorization: match the route table, check the caller's [`Principal`]
-//! against the route's declared grants, and pass the [`Matched`] route on.
+//! against the route's declared grants, and pass the
+//! [`Matched`](crate::routes::Matched) route on.
 
 use tower::Layer;
 

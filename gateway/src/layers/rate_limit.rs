@@ -5,10 +5,11 @@
 //! (they are counted in the auth-failure metric).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, StatusCode, header};
+use parking_lot::Mutex;
 use tower::Layer;
 
 use crate::http::{ApiError, HttpService, Next, Request, from_fn};
@@ -34,10 +35,7 @@ struct Limiter {
 impl Limiter {
     /// Take one token for `key`; `Err(seconds until one is available)`.
     fn take(&self, key: &str, now: Instant) -> Result<(), u64> {
-        let mut buckets = match self.buckets.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);

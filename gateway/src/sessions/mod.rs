@@ -15,10 +15,11 @@ pub mod relay;
 pub mod stream;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
+use parking_lot::Mutex;
 use prometheus::IntGauge;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -130,13 +131,6 @@ impl std::fmt::Debug for SessionHub {
     }
 }
 
-fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    // A panic while holding the lock leaves plain maps behind: still usable.
-    inner
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A random identifier for sessions and relays (128 bits, hex).
 fn random_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -161,7 +155,7 @@ impl SessionHub {
     pub fn register(&self, sandbox: &SandboxId) -> (Registration, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(RELAY_QUEUE);
         let id = random_id();
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         if !inner.closed {
             inner
                 .live
@@ -185,14 +179,14 @@ impl SessionHub {
     /// End every session stream of `sandbox` and drop its waiting relays
     /// (the sandbox was deleted).
     pub fn end_sandbox(&self, sandbox: &SandboxId) {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         inner.live.remove(sandbox);
         inner.pending.retain(|_, p| &p.sandbox != sandbox);
     }
 
     /// End every stream and waiting relay; no new ones are kept (shutdown).
     pub fn close(&self) {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         inner.closed = true;
         inner.live.clear();
         inner.pending.clear();
@@ -210,7 +204,7 @@ impl SessionHub {
     /// Admit an exec on `sandbox`: take an exec slot, send `Relay` on its
     /// newest live session, and wait there for the dial-back.
     pub fn open_relay(&self, sandbox: &SandboxId) -> Result<RelayTicket, RelayRefusal> {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         let open = inner.exec.get(sandbox).copied().unwrap_or(0);
         if open >= self.limits.exec_max_per_sandbox {
             return Err(RelayRefusal::TooMany);
@@ -252,7 +246,7 @@ impl SessionHub {
         sandbox: &SandboxId,
         relay_id: &str,
     ) -> Option<oneshot::Sender<OnUpgrade>> {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         if inner.pending.get(relay_id)?.sandbox != *sandbox {
             return None;
         }
@@ -261,7 +255,7 @@ impl SessionHub {
 
     /// Exec sessions currently admitted for `sandbox`.
     pub fn exec_open(&self, sandbox: &SandboxId) -> usize {
-        lock(&self.inner).exec.get(sandbox).copied().unwrap_or(0)
+        self.inner.lock().exec.get(sandbox).copied().unwrap_or(0)
     }
 }
 
@@ -284,7 +278,7 @@ impl std::fmt::Debug for Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         if let Some(sessions) = inner.live.get_mut(&self.sandbox) {
             sessions.retain(|s| s.id != self.id);
             if sessions.is_empty() {
@@ -321,7 +315,7 @@ impl std::fmt::Debug for ExecSlot {
 
 impl Drop for ExecSlot {
     fn drop(&mut self) {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         inner.pending.remove(&self.relay_id);
         if let Some(n) = inner.exec.get_mut(&self.sandbox) {
             *n = n.saturating_sub(1);

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Status, StatusDetails};
+use parking_lot::Mutex;
 
 /// The bearer token the gateway's own kube client must present.
 pub const CLIENT_TOKEN: &str = "fake-apiserver-client-token-for-the-gateway";
@@ -134,22 +135,18 @@ impl FakeApiServer {
     }
 
     pub fn set_mode(&self, mode: Mode) {
-        self.inner.lock().unwrap().mode = mode;
+        self.inner.lock().mode = mode;
     }
 
     /// What a TokenReview of `token` answers.
     pub fn review(&self, token: &str, status: TokenReviewStatus) {
-        self.inner
-            .lock()
-            .unwrap()
-            .reviews
-            .insert(token.to_owned(), status);
+        self.inner.lock().reviews.insert(token.to_owned(), status);
     }
 
     pub fn add_pod(&self, pod: Pod) {
         let ns = pod.metadata.namespace.clone().unwrap();
         let name = pod.metadata.name.clone().unwrap();
-        self.inner.lock().unwrap().pods.insert((ns, name), pod);
+        self.inner.lock().pods.insert((ns, name), pod);
     }
 
     /// TokenReviews received (authorized ones).
@@ -171,7 +168,7 @@ impl FakeApiServer {
             self.unauthorized_seen.fetch_add(1, Ordering::SeqCst);
             return error(401, "Unauthorized", "Unauthorized");
         }
-        let mode = self.inner.lock().unwrap().mode;
+        let mode = self.inner.lock().mode;
         match mode {
             Mode::Hang => std::future::pending::<()>().await,
             Mode::Fail500 => {
@@ -193,7 +190,6 @@ impl FakeApiServer {
                 let status = self
                     .inner
                     .lock()
-                    .unwrap()
                     .reviews
                     .get(&token)
                     .cloned()
@@ -216,7 +212,6 @@ impl FakeApiServer {
                 let pod = self
                     .inner
                     .lock()
-                    .unwrap()
                     .pods
                     .get(&((*ns).to_owned(), (*name).to_owned()))
                     .cloned();

@@ -1,6 +1,6 @@
 //! In-process gateway for tests: real listeners on 127.0.0.1:0, real hyper
 //! client over loopback, real keys and store in a temp dir.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -460,11 +460,11 @@ impl Session {
 /// Every log line of the process, from the moment [`capture_logs`] installed it as the
 /// global subscriber (one test per process: run with nextest).
 #[derive(Clone, Default)]
-pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -475,7 +475,7 @@ impl std::io::Write for Captured {
 impl Captured {
     /// Everything logged so far.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
     }
 }
 

@@ -68,17 +68,17 @@ impl Role {
         }
     }
 
+    const ALL: [Role; 6] = [
+        Role::Admin,
+        Role::Outbound,
+        Role::Explicit,
+        Role::DnsUdp,
+        Role::DnsTcp,
+        Role::Notify,
+    ];
+
     fn parse(s: &str) -> Option<Role> {
-        [
-            Role::Admin,
-            Role::Outbound,
-            Role::Explicit,
-            Role::DnsUdp,
-            Role::DnsTcp,
-            Role::Notify,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 
@@ -378,14 +378,7 @@ mod tests {
 
     #[test]
     fn roles_round_trip_and_unknown_roles_are_refused() {
-        for r in [
-            Role::Admin,
-            Role::Outbound,
-            Role::Explicit,
-            Role::DnsUdp,
-            Role::DnsTcp,
-            Role::Notify,
-        ] {
+        for r in Role::ALL {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Role::parse("ssh"), None);

@@ -8,11 +8,12 @@
 //! JWT), or log a value (names and fingerprints only).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use palisade_api::session::{CredentialBinding, DeliveredCredential};
 use palisade_policy::PathGlob;
 use palisade_policy::host::{HostPattern, parse_pattern, with_lookup_key};
+use parking_lot::RwLock;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -132,10 +133,7 @@ impl DeliveredStore {
                 }
             }
         }
-        let mut set = match self.set.write() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut set = self.set.write();
         *set = (revision, map);
     }
 
@@ -152,10 +150,7 @@ impl DeliveredStore {
         if !self.identity_valid() {
             return Err(identity_lapsed());
         }
-        let set = match self.set.read() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let set = self.set.read();
         set.1.get(name).map(|d| d.secret.clone()).ok_or_else(|| {
             CredentialError::Unreadable(format!(
                 "the gateway has not delivered credential `{name}` (is the secret stored? \
@@ -173,10 +168,7 @@ impl DeliveredStore {
         port: u16,
         path: Option<&str>,
     ) -> Result<(), EndpointMismatch> {
-        let set = match self.set.read() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let set = self.set.read();
         match set.1.get(name) {
             None => Ok(()),
             Some(d) if d.bindings.iter().any(|b| b.matches(host, port, path)) => Ok(()),

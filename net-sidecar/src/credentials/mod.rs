@@ -17,10 +17,11 @@ mod workload;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use palisade_policy::model::{Credential, CredentialSource as SourceSpec};
+use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 
 pub use self::delivered::{DeliveredStore, EndpointMismatch};
@@ -162,10 +163,7 @@ impl Registry {
 
     /// The source for `name` as `def` defines it (re-created if the definition changed).
     pub fn source(&self, name: &str, def: &Credential) -> Arc<dyn CredentialSource> {
-        let mut map = match self.sources.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = self.sources.lock();
         if let Some((known, src)) = map.get(name)
             && known == def
         {

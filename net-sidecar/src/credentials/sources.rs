@@ -1,8 +1,9 @@
 //! Static sources: a sidecar-only file (re-read when it changes) and an environment variable.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::SystemTime;
+
+use parking_lot::Mutex;
 
 use super::{CredentialError, CredentialSource, GetFuture, Secret};
 
@@ -39,8 +40,7 @@ impl FileSource {
             len: meta.len(),
             ino: meta.ino(),
         };
-        if let Ok(cache) = self.cache.lock()
-            && let Some((known, secret)) = cache.as_ref()
+        if let Some((known, secret)) = self.cache.lock().as_ref()
             && *known == stamp
         {
             return Ok(secret.clone());
@@ -54,9 +54,7 @@ impl FileSource {
         let text = String::from_utf8(bytes)
             .map_err(|_| CredentialError::Invalid("the file is not UTF-8"))?;
         let secret = Secret::new(&text)?;
-        if let Ok(mut cache) = self.cache.lock() {
-            *cache = Some((stamp, secret.clone()));
-        }
+        *self.cache.lock() = Some((stamp, secret.clone()));
         Ok(secret)
     }
 }

@@ -7,9 +7,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::{CredentialError, CredentialSource, GetFuture, Secret};
@@ -52,10 +53,7 @@ impl WorkloadTokenSource {
     }
 
     fn cached(&self) -> Option<Cached> {
-        match self.cache.lock() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.cache.lock().clone()
     }
 
     async fn token(&self) -> Result<Secret, CredentialError> {
@@ -81,9 +79,7 @@ impl WorkloadTokenSource {
                     renew_at: now + lifetime.mul_f64(0.8),
                     expires: now + lifetime,
                 };
-                if let Ok(mut c) = self.cache.lock() {
-                    *c = Some(fresh);
-                }
+                *self.cache.lock() = Some(fresh);
                 self.minter.count("fetched");
                 Ok(token)
             }

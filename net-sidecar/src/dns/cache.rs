@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
+use parking_lot::Mutex;
 
 /// Answers are remembered at least this long, whatever their TTL (0 is common).
 pub const MIN_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -38,7 +39,7 @@ struct Inner {
 
 impl fmt::Debug for AnswerCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         f.debug_struct("AnswerCache")
             .field("names", &inner.names.len())
             .field("capacity", &inner.names.cap())
@@ -76,21 +77,13 @@ impl AnswerCache {
         self.names_for_at(ip, Instant::now())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps half-updated in a way that
-        // matters more than losing the cache would; keep serving.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     pub(super) fn record_at(&self, name: &str, addrs: &[IpAddr], ttl: Duration, now: Instant) {
         let key = normalise(name);
         if key.is_empty() || addrs.is_empty() {
             return;
         }
         let expiry = now + ttl.clamp(MIN_CACHE_TTL, MAX_CACHE_TTL);
-        let mut guard = self.lock();
+        let mut guard = self.inner.lock();
         let inner = &mut *guard;
         if let Some((name, entry)) = inner.names.get_key_value_mut(key.as_ref()) {
             let name = name.clone();
@@ -109,7 +102,7 @@ impl AnswerCache {
 
     pub(super) fn answered_at(&self, name: &str, ip: IpAddr, now: Instant) -> bool {
         let key = normalise(name);
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         inner
             .names
             .get(key.as_ref())
@@ -117,7 +110,7 @@ impl AnswerCache {
     }
 
     pub(super) fn names_for_at(&self, ip: IpAddr, now: Instant) -> Vec<Arc<str>> {
-        let mut guard = self.lock();
+        let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let Some(candidates) = inner.by_ip.get(&ip).cloned() else {
             return Vec::new();
@@ -146,7 +139,7 @@ impl AnswerCache {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().names.len()
+        self.inner.lock().names.len()
     }
 }
 
@@ -302,7 +295,7 @@ mod tests {
         assert!(cache.answered("c.test", ip("198.18.0.3")));
         // The reverse index forgot b as well.
         assert!(cache.names_for(ip("198.18.0.2")).is_empty());
-        assert_eq!(cache.lock().by_ip.len(), 2);
+        assert_eq!(cache.inner.lock().by_ip.len(), 2);
     }
 
     #[test]
@@ -312,7 +305,7 @@ mod tests {
         let many: Vec<IpAddr> = (0..100u8).map(|i| IpAddr::from([198, 18, 1, i])).collect();
         cache.record_at("many.test", &many[..50], Duration::from_secs(10), t0);
         cache.record_at("many.test", &many[50..], Duration::from_secs(20), t0);
-        let inner = cache.lock();
+        let inner = cache.inner.lock();
         assert_eq!(
             inner.names.peek("many.test").unwrap().len(),
             MAX_ADDRS_PER_NAME
@@ -360,7 +353,7 @@ mod tests {
         );
         // one.test had nothing else: gone entirely, from both sides.
         assert_eq!(cache.len(), 1);
-        assert_eq!(cache.lock().by_ip[&shared].len(), 1);
+        assert_eq!(cache.inner.lock().by_ip[&shared].len(), 1);
         assert!(
             cache
                 .names_for_at(shared, t0 + Duration::from_secs(100))
@@ -384,7 +377,7 @@ mod tests {
         assert!(cache.answered_at("r.test", ip("198.18.0.2"), t1));
         assert!(!cache.answered_at("r.test", ip("198.18.0.1"), t1));
         // The expired address was pruned from the reverse index on the re-record.
-        assert!(!cache.lock().by_ip.contains_key(&ip("198.18.0.1")));
+        assert!(!cache.inner.lock().by_ip.contains_key(&ip("198.18.0.1")));
     }
 
     #[test]

@@ -7,12 +7,13 @@
 //! the gateway is away, or add fields the audit event did not carry (no secrets exist there).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
 use palisade_api::AuditEvents;
+use parking_lot::Mutex;
 use prometheus::IntCounter;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
@@ -56,16 +57,9 @@ impl AuditBuffer {
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
-        match self.queue.lock() {
-            Ok(q) => q,
-            Err(p) => p.into_inner(),
-        }
-    }
-
     /// Append, dropping the oldest when full.
     pub fn push(&self, event: Event) {
-        let mut q = self.lock();
+        let mut q = self.queue.lock();
         while q.len() >= self.capacity {
             q.pop_front();
             self.dropped.inc();
@@ -80,14 +74,14 @@ impl AuditBuffer {
 
     /// Take up to `n` of the oldest events.
     pub fn take(&self, n: usize) -> Vec<Event> {
-        let mut q = self.lock();
+        let mut q = self.queue.lock();
         let n = n.min(q.len());
         q.drain(..n).collect()
     }
 
     /// Put back a batch that could not be sent (in front, keeping the bound).
     pub fn requeue(&self, batch: Vec<Event>) {
-        let mut q = self.lock();
+        let mut q = self.queue.lock();
         for e in batch.into_iter().rev() {
             if q.len() >= self.capacity {
                 // The requeued ones are the oldest: drop them rather than newer events.
@@ -99,7 +93,7 @@ impl AuditBuffer {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.queue.lock().len()
     }
 }
 

@@ -11,11 +11,12 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_api::TokenResponse;
+use parking_lot::Mutex;
 use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
@@ -251,10 +252,7 @@ impl JwtStore {
         let credential = match &self.sa_token_file {
             Some(path) => read_token_file(path)?,
             None => {
-                let guard = match self.one_time.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
+                let guard = self.one_time.lock();
                 match &*guard {
                     OneTime::Pending(t) => t.clone(),
                     OneTime::Spent => {
@@ -269,9 +267,7 @@ impl JwtStore {
             && (result.is_ok() || result.as_ref().is_err_and(GatewayError::is_unauthorized))
         {
             // Consumed (or refused as already used): never send it again.
-            if let Ok(mut g) = self.one_time.lock() {
-                *g = OneTime::Spent;
-            }
+            *self.one_time.lock() = OneTime::Spent;
         }
         match result {
             Ok(resp) => Ok(self.install(resp, if first { "issued" } else { "rebootstrapped" })),

@@ -815,7 +815,7 @@ struct Recorded {
     closed: bool,
 }
 
-type Recordings = Arc<std::sync::Mutex<Vec<Recorded>>>;
+type Recordings = Arc<parking_lot::Mutex<Vec<Recorded>>>;
 
 /// A raw HTTP/1 upstream that records every byte of every connection. It answers each
 /// complete request (Content-Length or chunked body) with `200 ok`; a request offering an
@@ -829,7 +829,7 @@ async fn recorder() -> (SocketAddr, Recordings) {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             let slot = {
-                let mut v = conns.lock().unwrap();
+                let mut v = conns.lock();
                 v.push(Recorded::default());
                 v.len() - 1
             };
@@ -843,16 +843,14 @@ async fn recorder() -> (SocketAddr, Recordings) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    conns.lock().unwrap()[slot]
-                        .bytes
-                        .extend_from_slice(&buf[..n]);
+                    conns.lock()[slot].bytes.extend_from_slice(&buf[..n]);
                     if switched {
                         continue;
                     }
                     pending.extend_from_slice(&buf[..n]);
                     while let Some((len, upgrade)) = complete_request(&pending) {
                         pending.drain(..len);
-                        conns.lock().unwrap()[slot].answered += 1;
+                        conns.lock()[slot].answered += 1;
                         let answer = match upgrade {
                             Some(proto) => {
                                 switched = true;
@@ -867,7 +865,7 @@ async fn recorder() -> (SocketAddr, Recordings) {
                         }
                     }
                 }
-                conns.lock().unwrap()[slot].closed = true;
+                conns.lock()[slot].closed = true;
             });
         }
     });
@@ -904,7 +902,7 @@ fn complete_request(buf: &[u8]) -> Option<(usize, Option<String>)> {
 }
 
 fn recorded(r: &Recordings) -> Vec<Recorded> {
-    r.lock().unwrap().clone()
+    r.lock().clone()
 }
 
 /// Everything the recorder got, as text (lossy), all connections.

@@ -3,11 +3,12 @@
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
 use prometheus::IntCounterVec;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
@@ -212,10 +213,7 @@ impl CaStore {
 
     /// The CA in force.
     pub fn current(&self) -> Arc<SandboxCa> {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current.read().clone()
     }
 
     /// Replace the CA if the inspected host set changed or it is due for rotation. Existing
@@ -232,10 +230,7 @@ impl CaStore {
             hosts = ?next.hosts,
             "sandbox CA replaced (inspected hosts changed or rotation due)"
         );
-        match self.current.write() {
-            Ok(mut g) => *g = Arc::new(next),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
-        }
+        *self.current.write() = Arc::new(next);
         self.publish();
         Ok(true)
     }
@@ -244,9 +239,7 @@ impl CaStore {
     pub fn leaf(&self, name: &str) -> anyhow::Result<Arc<CertifiedKey>> {
         let ca = self.current();
         let key = (ca.generation, name.to_owned());
-        if let Ok(mut cache) = self.leaves.lock()
-            && let Some(hit) = cache.get(&key)
-        {
+        if let Some(hit) = self.leaves.lock().get(&key) {
             self.leaf_cache_total.with_label_values(&["hit"]).inc();
             return Ok(hit.clone());
         }
@@ -256,9 +249,7 @@ impl CaStore {
         let signer = rustls::crypto::ring::sign::any_supported_type(&der)
             .context("rustls cannot use the leaf key")?;
         let certified = Arc::new(CertifiedKey::new(vec![cert, ca.der().clone()], signer));
-        if let Ok(mut cache) = self.leaves.lock() {
-            cache.put(key, certified.clone());
-        }
+        self.leaves.lock().put(key, certified.clone());
         Ok(certified)
     }
 

@@ -22,7 +22,7 @@
 //! Must never: log or echo the ServiceAccount token (fingerprint only).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::StatusCode;
@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
+use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 mod config;
@@ -137,10 +138,7 @@ impl ReviewLimiter {
     pub fn check(&self, token: &str, now: Instant) -> Result<(), AuthFailure> {
         use sha2::{Digest, Sha256};
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut b = match self.buckets.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut b = self.buckets.lock();
         let Buckets {
             per_token,
             global_rate,
@@ -186,10 +184,7 @@ impl ReviewLimiter {
 
     /// Replace both rates (buckets start full again).
     pub fn set_rates(&self, per_token: ReviewRate, global: ReviewRate) {
-        let mut b = match self.buckets.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut b = self.buckets.lock();
         *b = Buckets {
             per_token,
             global_rate: global,

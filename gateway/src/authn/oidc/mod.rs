@@ -19,7 +19,7 @@
 //! answer 5xx for a bad token.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -29,6 +29,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -341,10 +342,7 @@ impl OidcAuthenticator {
     }
 
     fn snapshot(&self) -> Arc<KeyMap> {
-        match self.keys.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.keys.read().clone()
     }
 
     /// Fetch the JWKS unless another fetch started less than `min_gap`
@@ -370,10 +368,7 @@ impl OidcAuthenticator {
                         keys,
                         fetched_at: Some(Instant::now()),
                     });
-                    match self.keys.write() {
-                        Ok(mut g) => *g = map,
-                        Err(p) => *p.into_inner() = map,
-                    }
+                    *self.keys.write() = map;
                 }
                 Err(e) => tracing::warn!(issuer = %self.settings.issuer, error = %e,
                     "OIDC JWKS refresh failed; keeping the previous keys"),

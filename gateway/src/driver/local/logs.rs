@@ -7,7 +7,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::driver::contract::LogChunk;
 
@@ -67,9 +69,7 @@ impl LogSink {
         if let Some(prefix) = &self.echo {
             eprint!("{prefix}{line}");
         }
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
+        let mut inner = self.inner.lock();
         if inner.len + line.len() as u64 > self.max_file_bytes {
             inner.file = None;
             if fs::rename(&self.path, &self.rotated).is_ok() {
@@ -89,20 +89,12 @@ impl LogSink {
     /// Record how the agent ended (also as a log line).
     pub fn agent_exited(&self, how: String) {
         self.line("palisade", format!("agent {how}").as_bytes());
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.agent_exit = Some(how);
-        }
+        self.inner.lock().agent_exit = Some(how);
     }
 
     /// Bytes from logical offset `after` on (what is still kept of them).
     pub fn read(&self, after: u64) -> LogChunk {
-        let Ok(inner) = self.inner.lock() else {
-            return LogChunk {
-                text: Vec::new(),
-                next: after,
-                agent_exit: None,
-            };
-        };
+        let inner = self.inner.lock();
         let current_start = inner.total - inner.len;
         let rotated_start = current_start - inner.rotated_len;
         let mut from = after.clamp(rotated_start, inner.total);

@@ -37,10 +37,11 @@ mod process;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use palisade_api::defaults::ADMIN_PORT;
+use parking_lot::Mutex;
 
 pub use config::{
     DEFAULT_BRIDGE, DEFAULT_MAX_LOG_BYTES, DEFAULT_RUN_DIR, DEFAULT_SUBNET, LocalDriverConfig,
@@ -49,7 +50,7 @@ pub use config::{
 use dirs::{RunDirs, io_err};
 use ledger::{BridgeRecord, Ledger, NatRecord, SandboxRecord};
 use logs::LogSink;
-use process::{Proc, lock, stop};
+use process::{Proc, stop};
 
 use crate::driver::contract::{Driver, DriverError, Launch, LogChunk};
 use crate::driver::plan::{self, GatewayLink, Network, PlanRequest, Program, SidecarPorts};
@@ -132,7 +133,7 @@ impl LocalDriver {
                 c.bridge
             )));
         }
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.ledger.bridge = Some(BridgeRecord {
             name: c.bridge.clone(),
             subnet: c.subnet,
@@ -161,7 +162,7 @@ impl LocalDriver {
 
     /// Where a sandbox's sidecar admin (/metrics) listens, seen from the host.
     pub fn admin_url(&self, id: &SandboxId) -> Option<String> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let rt = state.runtimes.get(id.as_str())?;
         match (rt.ip, rt.slot) {
             (Some(ip), _) => Some(format!("http://{ip}:{ADMIN_PORT}")),
@@ -177,7 +178,7 @@ impl LocalDriver {
     ) -> Result<(SandboxRecord, Option<Ipv4Addr>, Option<u16>), DriverError> {
         let short = short_id(id)?;
         let c = &self.config;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.shut_down {
             return Err(DriverError::failed("the local driver is shutting down"));
         }
@@ -239,7 +240,7 @@ impl LocalDriver {
     }
 
     fn forget(&self, id: &str) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.runtimes.remove(id);
         state.ledger.sandboxes.remove(id);
         if let Err(e) = state.ledger.save(&self.config.state_dir) {
@@ -257,7 +258,7 @@ impl LocalDriver {
         let c = &self.config;
         let sandbox = launch.sandbox;
         let id = sandbox.id.as_str();
-        let gateway = lock(&self.gateway_url).clone().ok_or_else(|| {
+        let gateway = self.gateway_url.lock().clone().ok_or_else(|| {
             DriverError::failed("the gateway address is not known yet; retry in a moment")
         })?;
         let network = match (&record.netns, slot) {
@@ -300,7 +301,7 @@ impl LocalDriver {
                 .map_err(|e| io_err("create the log in", &dirs.logs, e))?,
         );
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             if let Some(rt) = state.runtimes.get_mut(id) {
                 rt.log = Some(log.clone());
             }
@@ -368,7 +369,7 @@ impl LocalDriver {
     }
 
     fn track(&self, id: &str, proc: Proc) -> Result<(), DriverError> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let record = proc.record;
         let Some(rt) = state.runtimes.get_mut(id) else {
             stop(&[proc]);
@@ -400,7 +401,7 @@ impl Driver for LocalDriver {
 
     /// `http://ip:port`, set by `palisade up` once the listener is bound.
     fn set_gateway_url(&self, url: String) {
-        *lock(&self.gateway_url) = Some(url);
+        *self.gateway_url.lock() = Some(url);
     }
 
     fn create(&self, launch: &Launch<'_>) -> Result<(), DriverError> {
@@ -412,7 +413,7 @@ impl Driver for LocalDriver {
                 Ok(())
             }
             Err(e) => {
-                let rt = lock(&self.state).runtimes.remove(&id);
+                let rt = self.state.lock().runtimes.remove(&id);
                 let cleanup = match rt {
                     Some(rt) => self.teardown(rt),
                     None => ledger::clean_sandbox(&record),
@@ -427,7 +428,7 @@ impl Driver for LocalDriver {
     }
 
     fn delete(&self, id: &SandboxId) -> Result<(), DriverError> {
-        let rt = lock(&self.state).runtimes.remove(id.as_str());
+        let rt = self.state.lock().runtimes.remove(id.as_str());
         let Some(rt) = rt else {
             return Err(DriverError::NotRunning("local"));
         };
@@ -440,7 +441,9 @@ impl Driver for LocalDriver {
     }
 
     fn logs(&self, id: &SandboxId, after: u64) -> Result<LogChunk, DriverError> {
-        let log = lock(&self.state)
+        let log = self
+            .state
+            .lock()
             .runtimes
             .get(id.as_str())
             .and_then(|r| r.log.clone());
@@ -450,7 +453,7 @@ impl Driver for LocalDriver {
 
     fn shutdown(&self) {
         let runtimes = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             if state.shut_down {
                 return;
             }
@@ -463,10 +466,10 @@ impl Driver for LocalDriver {
                 Err(e) => tracing::error!(sandbox = %id, error = %e, "cannot remove a sandbox"),
             }
         }
-        let ledger = lock(&self.state).ledger.clone();
+        let ledger = self.state.lock().ledger.clone();
         match teardown_ledger(&ledger) {
             Ok(()) => {
-                let mut state = lock(&self.state);
+                let mut state = self.state.lock();
                 state.ledger = Ledger::default();
                 if let Err(e) = state.ledger.save(&self.config.state_dir) {
                     tracing::error!(error = %e, "cannot update the driver ledger");

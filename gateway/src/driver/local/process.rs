@@ -12,8 +12,10 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::ledger::{self, ProcRecord};
 use super::logs::{LogSink, pump};
@@ -31,11 +33,6 @@ pub(super) struct Proc {
     pub label: &'static str,
     pub child: Arc<Mutex<Child>>,
     pub record: ProcRecord,
-}
-
-/// A lock, poisoned or not: a panicked thread must not stop a cleanup.
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The command line of `plan`: `bin` and its arguments, inside the wrappers
@@ -163,7 +160,7 @@ pub(super) fn spawn(
 fn watch(label: &'static str, child: Arc<Mutex<Child>>, log: Arc<LogSink>) {
     std::thread::spawn(move || {
         loop {
-            let status = lock(&child).try_wait();
+            let status = child.lock().try_wait();
             match status {
                 Ok(Some(status)) => {
                     let how = describe(status);
@@ -194,7 +191,7 @@ fn describe(status: ExitStatus) -> String {
 pub(super) fn stop(procs: &[Proc]) {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
-    let alive = |p: &Proc| matches!(lock(&p.child).try_wait(), Ok(None));
+    let alive = |p: &Proc| matches!(p.child.lock().try_wait(), Ok(None));
     for p in procs.iter().filter(|&p| alive(p)) {
         let _ = killpg(Pid::from_raw(p.record.pid), Signal::SIGTERM);
     }
@@ -205,7 +202,7 @@ pub(super) fn stop(procs: &[Proc]) {
     for p in procs {
         // Also the group's other members, even when the leader is gone.
         let _ = killpg(Pid::from_raw(p.record.pid), Signal::SIGKILL);
-        let _ = lock(&p.child).wait();
+        let _ = p.child.lock().wait();
         tracing::debug!(process = p.label, pid = p.record.pid, "stopped");
     }
 }

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use lru::LruCache;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::TokenKey;
@@ -47,7 +47,7 @@ impl TokenCache {
     /// A fresh cached token, a running exchange to join, or the lead on a new one.
     pub fn lookup(&self, key: &TokenKey) -> Lookup {
         {
-            let mut entries = lock(&self.entries);
+            let mut entries = self.entries.lock();
             match entries.get(key) {
                 Some(c) if c.until > Instant::now() => return Lookup::Hit(c.secret.clone()),
                 Some(_) => {
@@ -56,7 +56,7 @@ impl TokenCache {
                 None => {}
             }
         }
-        let mut inflight = lock(&self.inflight);
+        let mut inflight = self.inflight.lock();
         if let Some(rx) = inflight.get(key) {
             // A closed sender means the exchange task ended without `finish` (cancelled or
             // panicked): joining it would fail forever, so this caller takes the lead.
@@ -65,7 +65,7 @@ impl TokenCache {
             }
         }
         // Re-check under the in-flight lock: an exchange may have finished in between.
-        if let Some(c) = lock(&self.entries).get(key)
+        if let Some(c) = self.entries.lock().get(key)
             && c.until > Instant::now()
         {
             return Lookup::Hit(c.secret.clone());
@@ -79,21 +79,16 @@ impl TokenCache {
     /// retire the in-flight entry. The caller publishes on its sender afterwards.
     pub fn finish(&self, key: &TokenKey, stored: Option<(Secret, Instant)>) {
         if let Some((secret, until)) = stored {
-            lock(&self.entries).put(key.clone(), Cached { secret, until });
+            self.entries
+                .lock()
+                .put(key.clone(), Cached { secret, until });
         }
-        lock(&self.inflight).remove(key);
+        self.inflight.lock().remove(key);
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        lock(&self.entries).len()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
+        self.entries.lock().len()
     }
 }
 

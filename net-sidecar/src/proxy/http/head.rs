@@ -873,13 +873,13 @@ mod tests {
     /// got, the reported problem, and what the agent got after shutdown.
     async fn through(input: &[u8], step: usize) -> (Vec<u8>, Option<Problem>, Vec<u8>) {
         let (mut agent, sidecar) = tokio::io::duplex(64 * 1024);
-        let reported = Arc::new(std::sync::Mutex::new(None));
+        let reported = Arc::new(parking_lot::Mutex::new(None));
         let r = reported.clone();
         let mut check = HeadCheck::new(
             sidecar,
             Start::Http1OrH2,
             LIMIT,
-            Box::new(move |p| *r.lock().unwrap() = Some(p)),
+            Box::new(move |p| *r.lock() = Some(p)),
         );
         let input = input.to_vec();
         let writer = tokio::spawn(async move {
@@ -900,7 +900,7 @@ mod tests {
         check.shutdown().await.unwrap();
         drop(check);
         let back = writer.await.unwrap();
-        let problem = *reported.lock().unwrap();
+        let problem = *reported.lock();
         (got, problem, back)
     }
 

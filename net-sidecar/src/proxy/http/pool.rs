@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 
 use hyper::client::conn::http1::SendRequest;
+use parking_lot::Mutex;
 
 use super::UpstreamBody;
 
@@ -57,10 +57,7 @@ impl UpstreamPool {
         sni: &str,
         credential: Option<&str>,
     ) -> Option<(PoolKey, SendRequest<UpstreamBody>)> {
-        let mut idle = match self.idle.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut idle = self.idle.lock();
         for addr in dial {
             let key = PoolKey {
                 addr: *addr,
@@ -84,10 +81,7 @@ impl UpstreamPool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = match self.idle.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut idle = self.idle.lock();
         if idle.len() >= MAX_KEYS && !idle.contains_key(&key) {
             idle.retain(|_, list| {
                 list.retain(|s| !s.is_closed());
