@@ -7,9 +7,10 @@ test: build check-policies
     cargo test -q --workspace --doc
     cargo nextest run --workspace --no-fail-fast
 
-# Build every binary the e2e tests run.
+# Build every binary the e2e tests run (and the static shim the images carry).
 build:
     cargo build --workspace --all-targets
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build -p palisade-shim --bin palisade-shim --target "$(rustc -vV | sed -n 's/^host: //p')"
 
 # Every example policy must pass `palisade policy check`.
 check-policies:
@@ -27,6 +28,11 @@ lint:
 # Format the workspace.
 fmt:
     cargo fmt --all
+
+# Container images (gateway, sidecar, shim) with buildah FROM scratch, nothing pulled:
+# `just images` (release) or `just images --debug` (the debug binaries). See docs/images.md.
+images *ARGS:
+    scripts/images {{ARGS}}
 
 # Benchmarks: the policy matcher (criterion; JSON under target/criterion) and the
 # inspecting proxy path vs direct connections (h2load + wrk in network namespaces; needs root).

@@ -21,6 +21,8 @@
 //!   via curl), the agent's curl and the sidecar's metrics, for full-chain tests.
 //! * [`netns_socket`] — [`netns_socket::tcp_listener_in`]: a listener bound inside a test
 //!   namespace, served by an in-process double.
+//! * [`podman`] — the rendered sandbox pod under `podman kube play`: images, a network the
+//!   test owns (an internal bridge plus an upstream namespace), the pod and its teardown.
 //! * [`spiffe`], [`oauth`] — test doubles for token grants: a fake SPIFFE Workload API
 //!   (gRPC on a unix socket, ES256 JWT-SVIDs) and a fake OAuth token endpoint.
 //!
@@ -32,6 +34,7 @@ pub mod chain;
 pub mod netns;
 pub mod netns_socket;
 pub mod oauth;
+pub mod podman;
 pub mod prereq;
 pub mod process;
 pub mod servers;

@@ -15,6 +15,7 @@
 //! * [`metrics`], [`config`] — Prometheus metrics, typed configuration
 //!   ([`duration`]: durations as operators write them).
 //! * [`driver`] — sandbox lifecycle (the local driver behind `palisade up`).
+//! * [`pod`] — the sandbox pod renderer (`sandbox render`, `inject`).
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,8 @@ pub mod keys;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
+pub mod pod;
+pub mod podsecurity;
 pub mod principal;
 pub mod routes;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The operator CLI: argument parsing and dispatch to one module per noun
 //! (`palisade policy ...`, `palisade gateway serve`, `palisade keys ...`,
-//! `palisade sandbox ...`, `palisade token inspect`).
+//! `palisade sandbox ...`, `palisade token inspect`); `palisade sandbox render`
+//! and `palisade inject` print the sandbox pod offline ([`pod`]).
 //!
 //! Must never: print secrets, or exit 0 when the operator asked a question
 //! whose answer is "this is broken".
@@ -8,6 +9,7 @@
 mod exec;
 mod gateway;
 mod keys;
+mod pod;
 mod policy;
 mod policy_remote;
 mod remote;
@@ -50,6 +52,9 @@ enum Command {
     Token(token::TokenCommand),
     /// Run the gateway and the local driver here: sandboxes on this machine.
     Up(Box<up::UpArgs>),
+    /// Add the sandbox topology (init, sidecar, shim) to the pods of a Pod,
+    /// Deployment, StatefulSet, Job or CronJob manifest and print it.
+    Inject(Box<pod::InjectArgs>),
 }
 
 /// `palisade policy …`: the local commands and the gateway ones, side by side.
@@ -72,5 +77,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token(cmd) => token::run(cmd),
         Command::Up(args) => up::run(*args),
         Command::Secret(cmd) => secret::run(cmd),
+        Command::Inject(args) => pod::run_inject_command(*args),
     }
 }

@@ -1,4 +1,5 @@
-//! `palisade sandbox create|get|list|logs|exec|delete` against a gateway.
+//! `palisade sandbox create|get|list|logs|exec|delete` against a gateway
+//! (`render`, offline, is in [`super::pod`]).
 //!
 //! `create --policy` takes a policy name or a policy file (uploaded first,
 //! under its `metadata.name`); `-- CMD…` is the agent's command, run by the
@@ -39,6 +40,9 @@ pub enum SandboxCommand {
     Logs(LogsArgs),
     /// Run a command in a sandbox through the gateway (`-i` stdin, `-t` terminal).
     Exec(super::exec::ExecArgs),
+    /// Print the pod (and the ConfigMap of a file policy) the Kubernetes
+    /// driver would create for a sandbox, for review and GitOps; offline.
+    Render(Box<super::pod::RenderArgs>),
     /// Delete a sandbox; its tokens stop working at once and `palisade up`
     /// stops and removes its processes and namespace.
     Delete {
@@ -211,6 +215,7 @@ fn logs(args: &LogsArgs) -> anyhow::Result<()> {
 pub fn run(cmd: SandboxCommand) -> ExitCode {
     let (name, result) = match cmd {
         SandboxCommand::Exec(args) => return super::exec::run(args),
+        SandboxCommand::Render(args) => return super::pod::run_render(*args),
         SandboxCommand::Create(args) => ("sandbox create", create(args)),
         SandboxCommand::Get { id, remote } => (
             "sandbox get",

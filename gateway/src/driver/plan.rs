@@ -9,6 +9,13 @@
 //! security contexts and volumes. Paths in a plan are where the processes see
 //! their directories ([`Layout`]), so each driver chooses them.
 //!
+//! [`plan`] is the local driver's plan (the programs' default UIDs, the
+//! launch's one-time bootstrap token); [`plan_with`] takes [`PlanOptions`] for
+//! what a pod needs besides: UIDs resolved for the namespace (passed to
+//! `palisade-sidecar init` and the shim explicitly), the projected
+//! ServiceAccount token instead of a token file, the gateway's CA, a SPIFFE
+//! Workload API socket, and no planned HOME for an image that brings its own.
+//!
 //! Must never: put the bootstrap token anywhere but the sidecar's 0600 file
 //! (its bytes are never `Debug`-printed), give the agent a UID, capability or
 //! file of the sidecar, or leave the agent unconfined in a [`Network::Captured`]
@@ -183,6 +190,67 @@ pub struct GatewayLink<'a> {
     pub insecure_plaintext: bool,
 }
 
+/// The UIDs and GIDs of the sandbox's two confined processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids {
+    pub sidecar: Owner,
+    pub agent: Owner,
+}
+
+impl Ids {
+    /// The programs' defaults (`palisade_api::defaults`): sidecar 1337/1337,
+    /// agent 1000/1000.
+    pub const DEFAULT: Ids = Ids {
+        sidecar: SIDECAR,
+        agent: AGENT,
+    };
+}
+
+/// How the sidecar proves to the gateway which sandbox it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The launch's one-time token, written to the sidecar's 0600 file
+    /// (`--token-file`; the local driver).
+    OneTimeToken,
+    /// A projected ServiceAccount token the driver mounts at this path, into
+    /// the sidecar only (`--k8s-sa-token-file`); no token file is planned.
+    ServiceAccountToken(PathBuf),
+}
+
+/// What [`plan_with`] takes beyond a [`PlanRequest`]; [`PlanOptions::local`]
+/// is what [`plan`] uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// `None`: [`Ids::DEFAULT`], which every program assumes without a flag.
+    /// `Some`: these, also passed explicitly to `palisade-sidecar init`
+    /// (`--sidecar-uid`, `--sidecar-gid`: whose traffic the capture and the
+    /// fence exempt) and to the shim (`--sidecar-uid`: the only peer of its
+    /// session socket).
+    pub ids: Option<Ids>,
+    pub bootstrap: Bootstrap,
+    /// PEM of the CA that verifies the gateway's certificate (planned as
+    /// `gateway-ca.pem` in the sidecar's dir, `--gateway-ca`).
+    pub gateway_ca: Option<Vec<u8>>,
+    /// The SPIFFE Workload API socket as the sidecar sees it
+    /// (`--spiffe-endpoint-socket`).
+    pub spiffe_socket: Option<PathBuf>,
+    /// Plan the agent's HOME ([`Layout::home`], `--home`). `false`: the image's.
+    pub agent_home: bool,
+}
+
+impl PlanOptions {
+    /// The local driver's: default UIDs, the one-time token, a planned HOME.
+    pub fn local() -> Self {
+        Self {
+            ids: None,
+            bootstrap: Bootstrap::OneTimeToken,
+            gateway_ca: None,
+            spiffe_socket: None,
+            agent_home: true,
+        }
+    }
+}
+
 /// Everything a plan is made from.
 #[derive(Debug)]
 pub struct PlanRequest<'a> {
@@ -221,47 +289,64 @@ const AGENT: Owner = Owner {
     gid: AGENT_GID,
 };
 
-/// The plan of `req.launch`. Fails only on a launch the request cannot run
-/// (a file-sourced policy that the sandbox does not have).
+/// The local driver's plan of `req.launch`: [`plan_with`] and
+/// [`PlanOptions::local`].
 pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
+    plan_with(req, &PlanOptions::local())
+}
+
+/// The plan of `req.launch` with `opts`. Fails only on a launch the request
+/// cannot run (a file-sourced policy that the sandbox does not have).
+pub fn plan_with(req: &PlanRequest<'_>, opts: &PlanOptions) -> Result<LaunchPlan, DriverError> {
     let layout = req.layout;
     let sandbox = req.launch.sandbox;
-    let dirs = vec![
+    let ids = opts.ids.unwrap_or(Ids::DEFAULT);
+    let (sidecar_owner, agent_owner) = (ids.sidecar, ids.agent);
+    let mut dirs = vec![
         PlannedDir {
             path: layout.sidecar.clone(),
             mode: 0o700,
-            owner: SIDECAR,
+            owner: sidecar_owner,
         },
         // Like the pod's shared emptyDir: sidecar and agent both write here.
         PlannedDir {
             path: layout.shared.clone(),
             mode: 0o770,
             owner: Owner {
-                uid: SIDECAR_UID,
-                gid: AGENT_GID,
+                uid: sidecar_owner.uid,
+                gid: agent_owner.gid,
             },
         },
-        PlannedDir {
+    ];
+    if opts.agent_home {
+        dirs.push(PlannedDir {
             path: layout.home.clone(),
             mode: 0o700,
-            owner: AGENT,
-        },
-    ];
+            owner: agent_owner,
+        });
+    }
     let sidecar_file = |name: &str, contents: Contents, mode: u32| PlannedFile {
         path: layout.sidecar.join(name),
         contents,
         mode,
-        owner: SIDECAR,
+        owner: sidecar_owner,
     };
 
-    let token = sidecar_file(
-        "bootstrap-token",
-        Contents::Secret(req.launch.bootstrap_token.as_bytes().to_vec()),
-        0o600,
-    );
-    let token_path = token.path.clone();
-    // Written whatever the policy source (a file-policy sidecar is not told of it).
-    let mut files = vec![token];
+    let mut files = Vec::new();
+    let bootstrap_args: [OsString; 2] = match &opts.bootstrap {
+        Bootstrap::OneTimeToken => {
+            let token = sidecar_file(
+                "bootstrap-token",
+                Contents::Secret(req.launch.bootstrap_token.as_bytes().to_vec()),
+                0o600,
+            );
+            let path = token.path.clone();
+            // Written whatever the policy source (a file-policy sidecar is not told of it).
+            files.push(token);
+            ["--token-file".into(), path.into()]
+        }
+        Bootstrap::ServiceAccountToken(path) => ["--k8s-sa-token-file".into(), path.clone().into()],
+    };
     let mut sidecar_args: Vec<OsString> = vec!["run".into()];
     match req.policy_source {
         PolicySource::Gateway => {
@@ -269,12 +354,13 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
             if req.gateway.insecure_plaintext {
                 sidecar_args.push("--gateway-insecure-plaintext".into());
             }
-            sidecar_args.extend([
-                "--sandbox-id".into(),
-                sandbox.id.as_str().into(),
-                "--token-file".into(),
-                token_path.into(),
-            ]);
+            if let Some(pem) = &opts.gateway_ca {
+                let ca = sidecar_file("gateway-ca.pem", Contents::Plain(pem.clone()), 0o644);
+                sidecar_args.extend(["--gateway-ca".into(), ca.path.clone().into()]);
+                files.push(ca);
+            }
+            sidecar_args.extend(["--sandbox-id".into(), sandbox.id.as_str().into()]);
+            sidecar_args.extend(bootstrap_args);
         }
         PolicySource::File => {
             let text = req.launch.policy.ok_or_else(|| {
@@ -307,6 +393,9 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
         sidecar_args.extend(["--upstream-ca".into(), ca.path.clone().into()]);
         files.push(ca);
     }
+    if let Some(socket) = &opts.spiffe_socket {
+        sidecar_args.extend(["--spiffe-endpoint-socket".into(), socket.clone().into()]);
+    }
 
     let mut agent_env: Vec<(String, OsString)> = Vec::new();
     let mut shim_args: Vec<OsString> = Vec::new();
@@ -327,6 +416,9 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
         // Nothing is hardened without a namespace: the shim would refuse.
         shim_args.push("--allow-insecure".into());
     }
+    if let Some(ids) = opts.ids {
+        shim_args.extend(["--sidecar-uid".into(), ids.sidecar.uid.to_string().into()]);
+    }
     shim_args.extend([
         "--ready-file".into(),
         ready.into(),
@@ -334,10 +426,11 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
         layout.shared.join(CA_BUNDLE_NAME).into(),
         "--exit-file".into(),
         layout.shared.join(EXIT_FILE_NAME).into(),
-        "--home".into(),
-        layout.home.clone().into(),
-        "--".into(),
     ]);
+    if opts.agent_home {
+        shim_args.extend(["--home".into(), layout.home.clone().into()]);
+    }
+    shim_args.push("--".into());
     if sandbox.spec.command.is_empty() {
         shim_args.extend(DEFAULT_COMMAND.iter().map(OsString::from));
     } else {
@@ -345,6 +438,16 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
     }
     agent_env.push(("PALISADE_SESSION_SOCKET".to_owned(), socket.clone().into()));
     let sidecar_env = vec![("PALISADE_SHIM_SOCKET".to_owned(), socket.into_os_string())];
+
+    let mut init_args: Vec<OsString> = vec!["init".into()];
+    if let Some(ids) = opts.ids {
+        init_args.extend([
+            "--sidecar-uid".into(),
+            ids.sidecar.uid.to_string().into(),
+            "--sidecar-gid".into(),
+            ids.sidecar.gid.to_string().into(),
+        ]);
+    }
 
     let captured = req.network == Network::Captured;
     let confined = |owner: Owner| {
@@ -364,7 +467,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
         init: captured.then(|| ProcessPlan {
             part: Part::Init,
             program: Program::Sidecar,
-            args: vec!["init".into()],
+            args: init_args,
             env: Vec::new(),
             privilege: Privilege::NetworkAdmin,
             own_pid_namespace: false,
@@ -374,7 +477,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
             program: Program::Sidecar,
             args: sidecar_args,
             env: sidecar_env,
-            privilege: confined(SIDECAR),
+            privilege: confined(sidecar_owner),
             own_pid_namespace: captured,
         },
         agent: ProcessPlan {
@@ -382,7 +485,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<LaunchPlan, DriverError> {
             program: Program::Shim,
             args: shim_args,
             env: agent_env,
-            privilege: confined(AGENT),
+            privilege: confined(agent_owner),
             own_pid_namespace: captured,
         },
     })
@@ -626,6 +729,118 @@ mod tests {
         let sbx = sandbox(&[]);
         let err = make(&sbx, None, PolicySource::File, None, Network::Captured).unwrap_err();
         assert!(err.to_string().contains("has no policy"), "{err}");
+    }
+
+    #[test]
+    fn pod_options_pass_the_ids_the_service_account_token_and_the_gateway_ca() {
+        let sbx = sandbox(&["agent-cmd"]);
+        let launch = Launch {
+            sandbox: &sbx,
+            bootstrap_token: TOKEN,
+            policy: None,
+        };
+        let ids = Ids {
+            sidecar: Owner {
+                uid: 1000650001,
+                gid: 1000650001,
+            },
+            agent: Owner {
+                uid: 1000650000,
+                gid: 1000650000,
+            },
+        };
+        let p = plan_with(
+            &PlanRequest {
+                launch: &launch,
+                gateway: GatewayLink {
+                    url: "https://gw.example:8443",
+                    insecure_plaintext: false,
+                },
+                policy_source: PolicySource::Gateway,
+                upstream_ca: None,
+                network: Network::Captured,
+                layout: &layout(),
+            },
+            &PlanOptions {
+                ids: Some(ids),
+                bootstrap: Bootstrap::ServiceAccountToken("/var/run/secrets/t/token".into()),
+                gateway_ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+                spiffe_socket: Some("/spiffe/agent.sock".into()),
+                agent_home: false,
+            },
+        )
+        .unwrap();
+        let init = p.init.as_ref().unwrap();
+        assert_eq!(
+            strings(&init.args),
+            [
+                "init",
+                "--sidecar-uid",
+                "1000650001",
+                "--sidecar-gid",
+                "1000650001"
+            ]
+        );
+        assert_eq!(
+            strings(&p.sidecar.args),
+            [
+                "run",
+                "--gateway",
+                "https://gw.example:8443",
+                "--gateway-ca",
+                "/run/p/x/sidecar/gateway-ca.pem",
+                "--sandbox-id",
+                ID,
+                "--k8s-sa-token-file",
+                "/var/run/secrets/t/token",
+                "--shared-dir",
+                "/run/p/x/shared",
+                "--ready-file",
+                "/run/p/x/shared/ready",
+                "--shim-socket",
+                "/run/p/x/shared/shim.sock",
+                "--spiffe-endpoint-socket",
+                "/spiffe/agent.sock",
+            ]
+        );
+        assert_eq!(
+            strings(&p.agent.args),
+            [
+                "--sidecar-uid",
+                "1000650001",
+                "--ready-file",
+                "/run/p/x/shared/ready",
+                "--ca-bundle",
+                "/run/p/x/shared/ca-bundle.pem",
+                "--exit-file",
+                "/run/p/x/shared/agent-exit",
+                "--",
+                "agent-cmd",
+            ]
+        );
+        assert_eq!(
+            (p.sidecar.privilege, p.agent.privilege),
+            (
+                Privilege::Dropped {
+                    uid: 1000650001,
+                    gid: 1000650001
+                },
+                Privilege::Dropped {
+                    uid: 1000650000,
+                    gid: 1000650000
+                }
+            )
+        );
+        // No token file: the ServiceAccount token is the driver's mount.
+        let files: Vec<_> = p.files.iter().map(|f| f.path.to_str().unwrap()).collect();
+        assert_eq!(files, ["/run/p/x/sidecar/gateway-ca.pem"]);
+        assert!(!format!("{p:?}").contains(TOKEN));
+        let dirs: Vec<_> = p.dirs.iter().map(|d| d.path.to_str().unwrap()).collect();
+        assert_eq!(
+            dirs,
+            ["/run/p/x/sidecar", "/run/p/x/shared"],
+            "no HOME planned"
+        );
     }
 
     #[test]

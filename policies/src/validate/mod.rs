@@ -11,7 +11,7 @@
 mod credentials;
 mod http;
 mod rules;
-mod syntax;
+pub mod syntax;
 
 #[cfg(test)]
 mod tests;

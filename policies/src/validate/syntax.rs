@@ -1,5 +1,6 @@
-//! Small lexical checks shared by the validators. Each returns the end of a
-//! sentence (`is invalid: ...`) that the caller prefixes with the value.
+//! Small lexical checks shared by the validators (and by the gateway's pod
+//! renderer). Each returns the end of a sentence (`is invalid: ...`) that the
+//! caller prefixes with the value.
 
 /// Names that appear in metrics labels: policy, rule and credential names.
 pub fn dns_label(s: &str) -> Result<(), String> {
@@ -32,7 +33,7 @@ pub fn dns_subdomain(s: &str) -> bool {
 }
 
 /// The name part of a label key or a label value (Kubernetes rules).
-fn label_name(s: &str) -> bool {
+pub fn label_name(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
