@@ -10,9 +10,11 @@
 //! version directory this checker does not know, or a gap in the versions
 //! is a failure, never a skip.
 //!
-//! The fixtures live outside the repository: `$PALISADE_PSA_FIXTURES`, else
-//! `<repo>/../shared/conformance/pod-security`. A missing fixture tree fails
-//! the test under `CI=true` and skips it (loudly) elsewhere.
+//! The fixtures are vendored, unchanged, as `tests/fixtures/pod-security.tar.gz`
+//! (kubernetes/pod-security-admission `test/testdata` at commit
+//! 8f84a87c7f617f64a4ddc1aea24aeeb7a2e07cb8, Apache License 2.0: LICENSE and
+//! README.md inside the archive); `$PALISADE_PSA_FIXTURES` points the test
+//! at another copy of the tree (a newer commit). Nothing is skipped.
 
 #![allow(clippy::expect_used, clippy::panic)] // helpers outside #[test] fns; a panic is the failure report
 
@@ -22,33 +24,36 @@ use std::path::{Path, PathBuf};
 
 use palisade_gateway::podsecurity::{self, CheckId, Level, Version};
 
-/// `CI=true` (or `1`), as the e2e prerequisite helpers read it.
-fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref(),
-        Ok("true") | Ok("1")
-    )
-}
-
-fn fixtures_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("PALISADE_PSA_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/pod-security"),
-    };
-    if dir.join("baseline").is_dir() && dir.join("restricted").is_dir() {
-        return Some(dir);
+/// The fixture tree: `$PALISADE_PSA_FIXTURES` if set (it must hold
+/// `baseline/` and `restricted/`), else the vendored copy
+/// (`tests/fixtures/pod-security.tar.gz`, unpacked with `tar` into a
+/// temporary directory that lives as long as the returned guard).
+fn fixtures_dir() -> (PathBuf, Option<tempfile::TempDir>) {
+    if let Some(dir) = std::env::var_os("PALISADE_PSA_FIXTURES") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("baseline").is_dir() && dir.join("restricted").is_dir(),
+            "PALISADE_PSA_FIXTURES={} holds no baseline/ and restricted/ (the directory of \
+             kubernetes/pod-security-admission test/testdata)",
+            dir.display()
+        );
+        return (dir, None);
     }
-    let msg = format!(
-        "Pod Security conformance fixtures not found at {} (set PALISADE_PSA_FIXTURES to the \
-         directory holding baseline/ and restricted/, from kubernetes/pod-security-admission \
-         test/testdata)",
-        dir.display()
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pod-security.tar.gz");
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .expect("tar runs");
+    assert!(
+        status.success(),
+        "tar -xzf {} failed: {status}",
+        archive.display()
     );
-    assert!(!in_ci(), "{msg}; CI=true, so this is a failure, not a skip");
-    eprintln!("SKIPPED: {msg}");
-    None
+    (tmp.path().to_path_buf(), Some(tmp))
 }
 
 /// Every check, to map a fixture's file name (`capabilities_baseline1`) to
@@ -182,9 +187,7 @@ fn judge(file: &Path, level: Level, version: Version, expect_pass: bool) -> Resu
 
 #[test]
 fn pod_security_conformance_with_official_fixtures() {
-    let Some(root) = fixtures_dir() else {
-        return;
-    };
+    let (root, _unpacked) = fixtures_dir();
     let mut tallies: BTreeMap<(Level, Version), Tally> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
     let mut fail = |what: String| failures.push(what);
