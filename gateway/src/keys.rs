@@ -20,7 +20,7 @@ use palisade_api::{KeyInfo, SANDBOX_TOKEN_TYP, WORKLOAD_TOKEN_TYP};
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
-use crate::store::{KeyMeta, Store, StoreError};
+use crate::store::{KeyMaterial, KeyMeta, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -108,6 +108,15 @@ impl KeyEntry {
     pub fn kid(&self) -> &str {
         &self.meta.kid
     }
+
+    /// PKCS#8 PEM of the private key, for a store that holds the keys.
+    fn pem(&self) -> Result<zeroize::Zeroizing<String>, KeyError> {
+        let pem = self
+            .signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Encoding(e.to_string()))?;
+        Ok(zeroize::Zeroizing::new(pem.to_string()))
+    }
     /// The key in jsonwebtoken's form (interop tests; not the hot path).
     pub fn encoding_key(&self) -> &EncodingKey {
         &self.encoding
@@ -180,7 +189,20 @@ pub struct KeySet {
     retention_secs: u64,
     state: RwLock<Arc<Keys>>,
     rotating: Mutex<()>,
+    /// Set when the store holds the keys (a replicated gateway): the
+    /// version last loaded and when, for [`KeySet::refresh`].
+    shared: Option<Mutex<Shared>>,
 }
+
+#[derive(Debug)]
+struct Shared {
+    version: String,
+    loaded: std::time::Instant,
+}
+
+/// An unknown kid makes a shared key set reload at most this often (ten
+/// reads a second at worst, whatever kids a caller makes up).
+const SHARED_RELOAD_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl KeySet {
     /// Load every stored key, or create the first one.
@@ -190,6 +212,9 @@ impl KeySet {
         retention_secs: u64,
         now: u64,
     ) -> Result<Self, KeyError> {
+        if let Some(material) = store.load_key_material()? {
+            return Self::load_shared(dir, store, material, retention_secs, now);
+        }
         crate::fsutil::private_dir(dir).map_err(|source| KeyError::Io {
             action: "create directory for",
             path: dir.to_owned(),
@@ -207,20 +232,7 @@ impl KeySet {
                 path: path.clone(),
                 source,
             })?;
-            let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::BadKey {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-            if kid_of(&signing)? != meta.kid {
-                return Err(KeyError::BadKey {
-                    path,
-                    detail: "its kid does not match its file name".into(),
-                });
-            }
-            by_kid.insert(
-                meta.kid.clone(),
-                Arc::new(KeyEntry::from_signing(&signing, meta)?),
-            );
+            by_kid.insert(meta.kid.clone(), entry_from_pem(&pem, meta, path)?);
         }
         let active = by_kid
             .values()
@@ -234,6 +246,7 @@ impl KeySet {
                 retention_secs,
                 state: RwLock::new(Arc::new(Keys { active, by_kid })),
                 rotating: Mutex::new(()),
+                shared: None,
             },
             None => {
                 let first = Self::new_key(dir, now)?;
@@ -247,11 +260,126 @@ impl KeySet {
                         by_kid,
                     })),
                     rotating: Mutex::new(()),
+                    shared: None,
                 }
             }
         };
         set.persist_and_prune(&set.snapshot())?;
         Ok(set)
+    }
+
+    /// The key set of a store that holds the keys: load it, or (first
+    /// replica) create the first key, with a compare-and-swap so that
+    /// replicas starting together agree on one.
+    fn load_shared(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        mut material: KeyMaterial,
+        retention_secs: u64,
+        now: u64,
+    ) -> Result<Self, KeyError> {
+        loop {
+            let mut by_kid = entries_of(&material, now)?;
+            let version = match active_of(&by_kid) {
+                Some(_) => material.version.clone(),
+                None => {
+                    let (first, pem) = Self::generate_entry(now)?;
+                    by_kid.insert(first.meta.kid.clone(), first.clone());
+                    let mut pems = material.pems.clone();
+                    pems.insert(first.meta.kid.clone(), pem);
+                    let metas: Vec<KeyMeta> = by_kid.values().map(|k| k.meta.clone()).collect();
+                    match store.store_key_material(&material.version, &metas, &pems)? {
+                        Some(version) => version,
+                        None => {
+                            // Another replica wrote first: use what it wrote.
+                            material = reload(store.as_ref())?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(active) = active_of(&by_kid) else {
+                continue;
+            };
+            return Ok(Self {
+                dir: dir.to_owned(),
+                store,
+                retention_secs,
+                state: RwLock::new(Arc::new(Keys { active, by_kid })),
+                rotating: Mutex::new(()),
+                shared: Some(Mutex::new(Shared {
+                    version,
+                    loaded: std::time::Instant::now(),
+                })),
+            });
+        }
+    }
+
+    /// A shared key set: take in what another replica wrote (a rotation, a
+    /// prune). No-op for key files.
+    pub fn refresh(&self, now: u64) -> Result<(), KeyError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let material = reload(self.store.as_ref())?;
+        let mut shared = shared.lock();
+        shared.loaded = std::time::Instant::now();
+        if material.version == shared.version {
+            return Ok(());
+        }
+        let by_kid = entries_of(&material, now)?;
+        if let Some(active) = active_of(&by_kid) {
+            self.install(Keys { active, by_kid });
+            shared.version = material.version;
+        }
+        Ok(())
+    }
+
+    /// Write a changed shared key set if nobody wrote since `base`;
+    /// `false` when somebody did (the caller reloads and decides again).
+    fn store_shared(&self, base: &KeyMaterial, keys: &Keys) -> Result<bool, KeyError> {
+        let metas: Vec<KeyMeta> = keys.by_kid.values().map(|k| k.meta.clone()).collect();
+        let mut pems = BTreeMap::new();
+        for kid in keys.by_kid.keys() {
+            if let Some(pem) = base.pems.get(kid) {
+                pems.insert(kid.clone(), pem.clone());
+            }
+        }
+        for entry in keys.by_kid.values() {
+            if !pems.contains_key(entry.kid()) {
+                pems.insert(entry.kid().to_owned(), entry.pem()?);
+            }
+        }
+        match self
+            .store
+            .store_key_material(&base.version, &metas, &pems)?
+        {
+            Some(version) => {
+                if let Some(shared) = &self.shared {
+                    let mut shared = shared.lock();
+                    shared.version = version;
+                    shared.loaded = std::time::Instant::now();
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn generate_entry(now: u64) -> Result<(Arc<KeyEntry>, zeroize::Zeroizing<String>), KeyError> {
+        let signing = generate();
+        let kid = kid_of(&signing)?;
+        let pem = signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Encoding(e.to_string()))?;
+        let meta = KeyMeta {
+            kid,
+            created_at: now,
+            retired_at: None,
+            verify_until: None,
+        };
+        let entry = Arc::new(KeyEntry::from_signing(&signing, meta)?);
+        Ok((entry, zeroize::Zeroizing::new(pem.to_string())))
     }
 
     fn new_key(dir: &Path, now: u64) -> Result<Arc<KeyEntry>, KeyError> {
@@ -310,7 +438,29 @@ impl KeySet {
     }
 
     /// A key that may verify tokens (active or retired but not yet expired).
+    ///
+    /// A shared key set that does not know `kid` reloads first (at most
+    /// ten times a second): another replica may have rotated a moment ago, and
+    /// it stores a new key before it signs with it.
     pub fn get(&self, kid: &str, now: u64) -> Option<Arc<KeyEntry>> {
+        let found = self.lookup(kid, now);
+        if found.is_some() {
+            return found;
+        }
+        let stale = self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.lock().loaded.elapsed() >= SHARED_RELOAD_MIN);
+        if !stale {
+            return None;
+        }
+        if let Err(e) = self.refresh(now) {
+            tracing::warn!(error = %e, "cannot reload the shared signing keys");
+        }
+        self.lookup(kid, now)
+    }
+
+    fn lookup(&self, kid: &str, now: u64) -> Option<Arc<KeyEntry>> {
         self.snapshot()
             .by_kid
             .get(kid)
@@ -321,8 +471,28 @@ impl KeySet {
     /// Make a new key the signer; the old one verifies for `retention_secs` more.
     pub fn rotate(&self, now: u64) -> Result<Arc<KeyEntry>, KeyError> {
         let _guard = self.rotating.lock();
+        if self.shared.is_some() {
+            loop {
+                let base = reload(self.store.as_ref())?;
+                let current = Keys::from_material(&base, now)?;
+                let (fresh, _) = Self::generate_entry(now)?;
+                let keys = self.rotated(&current, fresh.clone(), now);
+                if self.store_shared(&base, &keys)? {
+                    self.install(keys);
+                    return Ok(fresh);
+                }
+            }
+        }
         let current = self.snapshot();
         let fresh = Self::new_key(&self.dir, now)?;
+        let keys = self.rotated(&current, fresh.clone(), now);
+        self.persist_and_prune(&keys)?;
+        self.install(keys);
+        Ok(fresh)
+    }
+
+    /// `current` with `fresh` as the signer and the old signer retired.
+    fn rotated(&self, current: &Keys, fresh: Arc<KeyEntry>, now: u64) -> Keys {
         let mut by_kid = BTreeMap::new();
         for (kid, entry) in &current.by_kid {
             if entry.meta.verify_until.is_some_and(|t| t <= now) {
@@ -339,18 +509,26 @@ impl KeySet {
             by_kid.insert(kid.clone(), entry);
         }
         by_kid.insert(fresh.meta.kid.clone(), fresh.clone());
-        let keys = Keys {
-            active: fresh.clone(),
+        Keys {
+            active: fresh,
             by_kid,
-        };
-        self.persist_and_prune(&keys)?;
-        self.install(keys);
-        Ok(fresh)
+        }
     }
 
     /// Drop retired keys whose verification window has passed.
     pub fn prune(&self, now: u64) -> Result<(), KeyError> {
         let _guard = self.rotating.lock();
+        if self.shared.is_some() {
+            loop {
+                let base = reload(self.store.as_ref())?;
+                let current = Keys::from_material(&base, now)?;
+                let unexpired = base.keys.len() == current.by_kid.len();
+                if unexpired || self.store_shared(&base, &current)? {
+                    self.install(current);
+                    return Ok(());
+                }
+            }
+        }
         let current = self.snapshot();
         if !current
             .by_kid
@@ -404,6 +582,73 @@ impl KeySet {
             .collect();
         serde_json::json!({ "keys": list })
     }
+}
+
+impl Keys {
+    fn from_material(material: &KeyMaterial, now: u64) -> Result<Keys, KeyError> {
+        let by_kid = entries_of(material, now)?;
+        let active = active_of(&by_kid).ok_or_else(|| KeyError::BadKey {
+            path: PathBuf::from(format!("<store>/{}", material.version)),
+            detail: "the stored key set has no active key".into(),
+        })?;
+        Ok(Keys { active, by_kid })
+    }
+}
+
+/// The newest key that is not retired.
+fn active_of(by_kid: &BTreeMap<String, Arc<KeyEntry>>) -> Option<Arc<KeyEntry>> {
+    by_kid
+        .values()
+        .filter(|k| k.meta.retired_at.is_none())
+        .max_by_key(|k| k.meta.created_at)
+        .cloned()
+}
+
+fn reload(store: &dyn Store) -> Result<KeyMaterial, KeyError> {
+    store.load_key_material()?.ok_or_else(|| {
+        KeyError::Store(crate::store::StoreError::Backend(
+            "the store stopped holding the signing keys".into(),
+        ))
+    })
+}
+
+/// The key of a PKCS#8 PEM (read from `path`, named in errors); its kid
+/// must be `meta.kid`.
+fn entry_from_pem(pem: &str, meta: KeyMeta, path: PathBuf) -> Result<Arc<KeyEntry>, KeyError> {
+    let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::BadKey {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    if kid_of(&signing)? != meta.kid {
+        return Err(KeyError::BadKey {
+            path,
+            detail: "its kid does not match its name".into(),
+        });
+    }
+    Ok(Arc::new(KeyEntry::from_signing(&signing, meta)?))
+}
+
+/// Parse every unexpired key of a store that holds them.
+fn entries_of(
+    material: &KeyMaterial,
+    now: u64,
+) -> Result<BTreeMap<String, Arc<KeyEntry>>, KeyError> {
+    let mut by_kid = BTreeMap::new();
+    for meta in &material.keys {
+        if meta.verify_until.is_some_and(|t| t <= now) {
+            continue;
+        }
+        let path = PathBuf::from(format!("<store>/{}.pem", meta.kid));
+        let pem = material
+            .pems
+            .get(&meta.kid)
+            .ok_or_else(|| KeyError::BadKey {
+                path: path.clone(),
+                detail: "listed in the metadata but missing".into(),
+            })?;
+        by_kid.insert(meta.kid.clone(), entry_from_pem(pem, meta.clone(), path)?);
+    }
+    Ok(by_kid)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 pub mod authn;
 pub mod client;
 pub mod config;
+pub mod crd;
 pub mod driver;
 pub mod duration;
 pub mod fsutil;

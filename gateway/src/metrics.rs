@@ -31,6 +31,8 @@ pub struct Metrics {
     pub session_events: IntCounterVec,
     /// Exec relay sessions, by outcome (see `sessions::relay`).
     pub exec_sessions: IntCounterVec,
+    /// 1 while this replica holds the gateway Lease (`--store kubernetes`).
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -117,6 +119,11 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(exec_sessions.clone()))?;
+        let leader = IntGauge::new(
+            "palisade_gateway_leader",
+            "1 while this replica holds the gateway Lease (--store kubernetes), else 0.",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
@@ -141,6 +148,7 @@ impl Metrics {
             sessions_live,
             session_events,
             exec_sessions,
+            leader,
         })
     }
 

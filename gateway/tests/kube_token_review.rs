@@ -1,10 +1,9 @@
 //! `POST /v1/token:issue` with Kubernetes ServiceAccount tokens, against the
-//! in-process fake kube-apiserver (real HTTPS, real kubeconfig, the
-//! gateway's real kube client).
+//! in-process strict fake kube-apiserver (`palisade-fake-apiserver`: real HTTPS,
+//! real kubeconfig, real Pod objects with server-assigned uids, the gateway's real
+//! kube client).
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/fake_kube.rs"]
-mod fake_kube;
 mod support;
 
 use std::collections::BTreeMap;
@@ -12,11 +11,11 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use fake_kube::{FakeApiServer, Mode};
 use http::Method;
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use palisade_fake_apiserver::{FakeApiServer, Mode, Verb};
 use palisade_gateway::authn::kube::{
     DEFAULT_REVIEW_RATE_GLOBAL, DEFAULT_REVIEW_RATE_PER_TOKEN, ReviewRate,
 };
@@ -26,7 +25,6 @@ use support::{Gw, assert_error, get, post, sample};
 const SA: &str = "palisade-sandbox";
 const NS: &str = "sandboxes";
 const AUD: &str = "palisade-gateway";
-const POD_UID: &str = "6f0b9c1e-2d3a-4b5c-8d7e-0123456789ab";
 const EXTRA_NAME: &str = "authentication.kubernetes.io/pod-name";
 const EXTRA_UID: &str = "authentication.kubernetes.io/pod-uid";
 
@@ -61,18 +59,27 @@ fn good_user() -> String {
     format!("system:serviceaccount:{NS}:{SA}")
 }
 
-fn pod(name: &str, uid: &str, sandbox: Option<&str>) -> Pod {
-    Pod {
+/// Create a Pod in the fake (the server assigns its uid, as a real one does): its uid.
+fn add_pod(fake: &FakeApiServer, name: &str, sandbox: Option<&str>) -> String {
+    let pod = Pod {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(NS.to_owned()),
-            uid: Some(uid.to_owned()),
             annotations: sandbox
                 .map(|s| BTreeMap::from([("palisade.dev/sandbox-id".to_owned(), s.to_owned())])),
             ..ObjectMeta::default()
         },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "agent".to_owned(),
+                image: Some("agent:test".to_owned()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
         ..Pod::default()
-    }
+    };
+    fake.put(&pod).metadata.uid.unwrap()
 }
 
 /// The (unverified) claims of a JWT, for looking at them.
@@ -94,8 +101,12 @@ fn failures(scrape: &str, reason: &str) -> f64 {
     )
 }
 
-async fn setup() -> (FakeApiServer, Gw, String, tempfile::TempDir) {
+/// The fake (with the sandbox namespaces), a gateway using it, a sandbox and the uid of
+/// its pod `agent-0`.
+async fn setup() -> (FakeApiServer, Gw, String, String, tempfile::TempDir) {
     let fake = FakeApiServer::start().await;
+    fake.create_namespace(NS, &[]);
+    fake.create_namespace("other-allowed", &[]);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = fake.write_kubeconfig(dir.path());
     let gw = Gw::start(&[
@@ -110,20 +121,21 @@ async fn setup() -> (FakeApiServer, Gw, String, tempfile::TempDir) {
     ])
     .await;
     let (id, _bootstrap) = gw.create_sandbox(None).await;
-    fake.add_pod(pod("agent-0", POD_UID, Some(&id)));
-    (fake, gw, id, dir)
+    let pod_uid = add_pod(&fake, "agent-0", Some(&id));
+    (fake, gw, id, pod_uid, dir)
 }
 
 #[tokio::test]
 async fn service_account_token_gets_a_pod_bound_sandbox_jwt() {
-    let (fake, gw, id, _kubeconfig_dir) = setup().await;
+    let (fake, gw, id, pod_uid, _kubeconfig_dir) = setup().await;
+    let pod_uid = pod_uid.as_str();
     let token = sa_token("ok");
     fake.review(
         &token,
         status(
             &good_user(),
             &[AUD],
-            &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[POD_UID])],
+            &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[pod_uid])],
         ),
     );
     let before = gw.metrics().await;
@@ -146,7 +158,7 @@ async fn service_account_token_gets_a_pod_bound_sandbox_jwt() {
     let payload = jwt.split('.').nth(1).unwrap();
     let payload: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
-    assert_eq!(payload["pod_uid"], POD_UID);
+    assert_eq!(payload["pod_uid"], pod_uid);
     assert_eq!(payload["sandbox_id"], id.as_str());
 
     // It works as a sandbox credential.
@@ -162,7 +174,7 @@ async fn service_account_token_gets_a_pod_bound_sandbox_jwt() {
         assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
         current = a.json().unwrap()["token"].as_str().unwrap().to_owned();
         let claims = claims_of(&current);
-        assert_eq!(claims["pod_uid"], POD_UID, "{claims}");
+        assert_eq!(claims["pod_uid"], pod_uid, "{claims}");
         assert_eq!(claims["sandbox_id"], id.as_str());
         let jti = claims["jti"].as_str().unwrap().to_owned();
         assert!(!jtis.contains(&jti), "jti reused");
@@ -173,7 +185,7 @@ async fn service_account_token_gets_a_pod_bound_sandbox_jwt() {
             .tokens
             .verify(&current, palisade_gateway::fsutil::now())
             .unwrap();
-        assert_eq!(verified.pod_uid.as_deref(), Some(POD_UID));
+        assert_eq!(verified.pod_uid.as_deref(), Some(pod_uid));
     }
 
     let after = gw.metrics().await;
@@ -183,6 +195,10 @@ async fn service_account_token_gets_a_pod_bound_sandbox_jwt() {
         1.0
     );
     assert_eq!(fake.reviews_seen(), 1);
+    assert!(
+        fake.requests(Verb::Get, "pods") >= 1,
+        "the gateway read the pod from the API server"
+    );
     assert_eq!(
         fake.unauthorized_seen(),
         0,
@@ -225,12 +241,13 @@ async fn service_account_token_gets_a_pod_bound_sandbox_jwt() {
 
 #[tokio::test]
 async fn every_refusal_has_its_status_and_counted_reason() {
-    let (fake, gw, id, _kubeconfig_dir) = setup().await;
+    let (fake, gw, id, pod_uid, _kubeconfig_dir) = setup().await;
+    let pod_uid = pod_uid.as_str();
     let unknown = SandboxId::generate().to_string();
-    fake.add_pod(pod("plain", "uid-plain", None));
-    fake.add_pod(pod("orphan", "uid-orphan", Some(&unknown)));
-    fake.add_pod(pod("garbage", "uid-garbage", Some("not-a-sandbox")));
-    let ok_extra: &[(&str, &[&str])] = &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[POD_UID])];
+    let plain_uid = add_pod(&fake, "plain", None);
+    let orphan_uid = add_pod(&fake, "orphan", Some(&unknown));
+    let garbage_uid = add_pod(&fake, "garbage", Some("not-a-sandbox"));
+    let ok_extra: &[(&str, &[&str])] = &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[pod_uid])];
 
     let mut unauth = status(&good_user(), &[AUD], ok_extra);
     unauth.authenticated = Some(false);
@@ -276,7 +293,7 @@ async fn every_refusal_has_its_status_and_counted_reason() {
         ),
         (
             "no-pod-name",
-            status(&good_user(), &[AUD], &[(EXTRA_UID, &[POD_UID])]),
+            status(&good_user(), &[AUD], &[(EXTRA_UID, &[pod_uid])]),
             401,
             "unauthenticated",
             "missing_pod_extra",
@@ -295,7 +312,7 @@ async fn every_refusal_has_its_status_and_counted_reason() {
                 &[AUD],
                 &[
                     (EXTRA_NAME, &["agent-0", "agent-1"]),
-                    (EXTRA_UID, &[POD_UID]),
+                    (EXTRA_UID, &[pod_uid]),
                 ],
             ),
             401,
@@ -307,7 +324,7 @@ async fn every_refusal_has_its_status_and_counted_reason() {
             status(
                 &good_user(),
                 &[AUD],
-                &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[POD_UID, "other"])],
+                &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[pod_uid, "other"])],
             ),
             401,
             "unauthenticated",
@@ -343,7 +360,7 @@ async fn every_refusal_has_its_status_and_counted_reason() {
             status(
                 &good_user(),
                 &[AUD],
-                &[(EXTRA_NAME, &["plain"]), (EXTRA_UID, &["uid-plain"])],
+                &[(EXTRA_NAME, &["plain"]), (EXTRA_UID, &[plain_uid.as_str()])],
             ),
             403,
             "forbidden",
@@ -354,7 +371,10 @@ async fn every_refusal_has_its_status_and_counted_reason() {
             status(
                 &good_user(),
                 &[AUD],
-                &[(EXTRA_NAME, &["garbage"]), (EXTRA_UID, &["uid-garbage"])],
+                &[
+                    (EXTRA_NAME, &["garbage"]),
+                    (EXTRA_UID, &[garbage_uid.as_str()]),
+                ],
             ),
             403,
             "forbidden",
@@ -365,7 +385,10 @@ async fn every_refusal_has_its_status_and_counted_reason() {
             status(
                 &good_user(),
                 &[AUD],
-                &[(EXTRA_NAME, &["orphan"]), (EXTRA_UID, &["uid-orphan"])],
+                &[
+                    (EXTRA_NAME, &["orphan"]),
+                    (EXTRA_UID, &[orphan_uid.as_str()]),
+                ],
             ),
             403,
             "forbidden",
@@ -440,7 +463,8 @@ async fn service_account_tokens_are_refused_when_not_configured() {
 
 #[tokio::test]
 async fn service_account_attempts_are_rate_limited_before_token_review() {
-    let (fake, gw, id, _kubeconfig_dir) = setup().await;
+    let (fake, gw, id, pod_uid, _kubeconfig_dir) = setup().await;
+    let pod_uid = pod_uid.as_str();
     // Rates so slow that nothing refills during the test: the counts below
     // do not depend on timing.
     let slow = |burst| ReviewRate {
@@ -455,7 +479,7 @@ async fn service_account_attempts_are_rate_limited_before_token_review() {
         .unwrap()
         .limiter()
         .set_rates(slow(3), slow(5));
-    let ok_extra: &[(&str, &[&str])] = &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[POD_UID])];
+    let ok_extra: &[(&str, &[&str])] = &[(EXTRA_NAME, &["agent-0"]), (EXTRA_UID, &[pod_uid])];
 
     // One caller looping on one (unknown) token: 3 reviews, then 429s that
     // never reach the API server.
@@ -535,7 +559,7 @@ async fn service_account_attempts_are_rate_limited_before_token_review() {
     assert_eq!(a.json().unwrap()["sandboxId"], id.as_str());
     assert_eq!(
         claims_of(a.json().unwrap()["token"].as_str().unwrap())["pod_uid"],
-        POD_UID
+        pod_uid
     );
     gw.running.shutdown().await;
 }

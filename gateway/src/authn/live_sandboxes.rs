@@ -185,6 +185,19 @@ impl Store for LiveSandboxStore {
     fn replace_keys(&self, keys: &[KeyMeta]) -> Result<(), StoreError> {
         self.inner.replace_keys(keys)
     }
+
+    fn load_key_material(&self) -> Result<Option<crate::store::KeyMaterial>, StoreError> {
+        self.inner.load_key_material()
+    }
+
+    fn store_key_material(
+        &self,
+        expected: &str,
+        keys: &[KeyMeta],
+        pems: &BTreeMap<String, zeroize::Zeroizing<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.store_key_material(expected, keys, pems)
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ enum Command {
     /// Add the sandbox topology (init, sidecar, shim) to the pods of a Pod,
     /// Deployment, StatefulSet, Job or CronJob manifest and print it.
     Inject(Box<pod::InjectArgs>),
+    /// Print the CustomResourceDefinitions (Sandbox, Policy) for `kubectl apply -f -`.
+    Crds,
 }
 
 /// `palisade policy …`: the local commands and the gateway ones, side by side.
@@ -78,5 +80,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Up(args) => up::run(*args),
         Command::Secret(cmd) => secret::run(cmd),
         Command::Inject(args) => pod::run_inject_command(*args),
+        Command::Crds => print_crds(),
+    }
+}
+
+fn print_crds() -> ExitCode {
+    match palisade_gateway::crd::crds_yaml() {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot render the CRDs: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// Close any exec session this old [default: 8h].
     #[arg(long, env = "PALISADE_EXEC_MAX_DURATION", value_parser = parse_duration)]
     pub exec_max_duration: Option<Duration>,
+    /// Where records live (boxed, like the other groups).
+    #[command(flatten)]
+    pub store: Box<StoreArgs>,
     /// Kubernetes ServiceAccount authentication on token:issue.
     #[command(flatten)]
     pub kube: Box<KubeArgs>,
@@ -93,6 +96,32 @@ pub struct ServeArgs {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// The store flags of `palisade gateway serve` (boxed in [`ServeArgs`]).
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreArgs {
+    /// Where records live: `embedded` (one redb file in --data-dir; one
+    /// replica) or `kubernetes` (custom resources, Secrets and a ConfigMap in
+    /// --store-namespace; any number of replicas) [default: embedded].
+    #[arg(long, env = "PALISADE_STORE", value_name = "KIND")]
+    pub store: Option<StoreKind>,
+    /// Namespace of the Kubernetes store's own objects [default: the pod's
+    /// namespace, from $POD_NAMESPACE or the ServiceAccount mount].
+    #[arg(long, env = "PALISADE_STORE_NAMESPACE", value_name = "NS")]
+    pub store_namespace: Option<String>,
+    /// How long the `palisade-gateway` Lease holds without renewal before
+    /// another replica may take it (`--store kubernetes`) [default: 15s].
+    #[arg(long, env = "PALISADE_LEASE_DURATION", value_parser = parse_duration)]
+    pub lease_duration: Option<Duration>,
+}
+
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    Embedded,
+    Kubernetes,
 }
 
 /// The TLS flags of `palisade gateway serve` (boxed in [`ServeArgs`]).

@@ -5,9 +5,12 @@
 //! Must never: enable an authenticator half-configured — a setting that does
 //! nothing without another is refused, not ignored.
 
+use std::time::Duration;
+
 use anyhow::bail;
 
-use super::args::{KubeArgs, OidcArgs};
+use super::StoreConfig;
+use super::args::{KubeArgs, OidcArgs, ServeArgs, StoreKind};
 use super::file::{FileConfig, OidcFileConfig, file_duration};
 use crate::authn::kube::{DEFAULT_KUBE_TIMEOUT, DEFAULT_TOKEN_AUDIENCE, KubeAuthConfig};
 use crate::authn::oidc::{
@@ -150,8 +153,71 @@ pub(super) fn oidc(
     }))
 }
 
+/// How long the leader Lease holds without renewal.
+const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+/// Where the service account's namespace is mounted in a pod.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// `--store` and `--store-namespace` over the file.
+pub(super) fn store(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<StoreConfig> {
+    let kind = args
+        .store
+        .store
+        .or(file.store)
+        .unwrap_or(StoreKind::Embedded);
+    let namespace = args
+        .store
+        .store_namespace
+        .clone()
+        .or(file.store_namespace.clone());
+    let lease_duration = args.store.lease_duration.or(file_duration(
+        file.lease_duration.as_ref(),
+        "lease-duration",
+    )?);
+    match kind {
+        StoreKind::Embedded => {
+            if namespace.is_some() || lease_duration.is_some() {
+                bail!("--store-namespace and --lease-duration need --store kubernetes");
+            }
+            Ok(StoreConfig::Embedded)
+        }
+        StoreKind::Kubernetes => {
+            let namespace = match namespace {
+                Some(ns) => ns,
+                None => std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok())
+                    .map(|ns| ns.trim().to_owned())
+                    .filter(|ns| !ns.is_empty())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--store kubernetes needs --store-namespace NS (not running in a pod:                              no $POD_NAMESPACE and no {SERVICE_ACCOUNT_NAMESPACE})"
+                        )
+                    })?,
+            };
+            if !valid_label(&namespace) {
+                bail!("--store-namespace: `{namespace}` is not a valid namespace name");
+            }
+            let lease_duration = lease_duration.unwrap_or(DEFAULT_LEASE_DURATION);
+            if lease_duration < Duration::from_secs(1) || lease_duration > Duration::from_secs(300)
+            {
+                bail!("--lease-duration must be between 1s and 5m");
+            }
+            Ok(StoreConfig::Kubernetes {
+                kube_config: args.kube.kube_config.clone().or(file.kube_config.clone()),
+                namespace,
+                lease_duration,
+            })
+        }
+    }
+}
+
 /// The Kubernetes flags over the file; `None` without a ServiceAccount.
-pub(super) fn kube(args: &KubeArgs, file: &FileConfig) -> anyhow::Result<Option<KubeAuthConfig>> {
+pub(super) fn kube(
+    args: &KubeArgs,
+    file: &FileConfig,
+    kube_store: bool,
+) -> anyhow::Result<Option<KubeAuthConfig>> {
     let kube_config = args.kube_config.clone().or(file.kube_config.clone());
     let namespaces = if args.sandbox_namespaces.is_empty() {
         file.sandbox_namespaces.clone().unwrap_or_default()
@@ -168,7 +234,7 @@ pub(super) fn kube(args: &KubeArgs, file: &FileConfig) -> anyhow::Result<Option<
         .clone()
         .or(file.sandbox_service_account.clone())
     else {
-        if kube_config.is_some() || !namespaces.is_empty() {
+        if (kube_config.is_some() && !kube_store) || !namespaces.is_empty() {
             bail!(
                 "--kube-config/--sandbox-namespaces do nothing without --sandbox-service-account \
                  NAME (the ServiceAccount sandbox pods run as)"

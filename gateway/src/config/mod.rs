@@ -65,6 +65,23 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Where the gateway keeps its records (`--store`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum StoreConfig {
+    /// One redb file in the data dir; one replica.
+    Embedded,
+    /// The Kubernetes API ([`crate::store::kube_store`]); any number of replicas.
+    Kubernetes {
+        /// `None`: in-cluster configuration.
+        kube_config: Option<PathBuf>,
+        namespace: String,
+        /// The leader Lease's duration.
+        #[serde(serialize_with = "crate::duration::ser_secs")]
+        lease_duration: Duration,
+    },
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -85,6 +102,8 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     pub rate_limit_per_sec: f64,
     pub rate_limit_burst: u32,
+    /// Where records live.
+    pub store: StoreConfig,
     /// Kubernetes ServiceAccount tokens on `token:issue` (off when `None`).
     pub kube: Option<KubeAuthConfig>,
     /// OIDC user/platform bearer tokens (off when `None`).

@@ -17,7 +17,8 @@ impl Config {
     /// Merge flags/env over the config file over defaults, then validate.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Config> {
         let file = FileConfig::read(args.config.as_deref())?;
-        let kube = authenticators::kube(&args.kube, &file)?;
+        let store = authenticators::store(args, &file)?;
+        let kube = authenticators::kube(&args.kube, &file, store != StoreConfig::Embedded)?;
         let oidc = authenticators::oidc(&args.oidc, file.oidc.as_ref())?;
         let default_addr = |s: &str| -> anyhow::Result<SocketAddr> { Ok(s.parse()?) };
         let listen = match args.listen.or(file.listen) {
@@ -65,6 +66,12 @@ impl Config {
         }
         let issuer = match args.issuer.clone().or(file.issuer) {
             Some(i) => i,
+            // Replicas must agree on `iss`, and one derived from each
+            // replica's --listen would not.
+            None if store != StoreConfig::Embedded => bail!(
+                "--store kubernetes needs --issuer URL: every replica must mint and accept the \
+                 same `iss` (e.g. https://palisade-gateway.palisade-system.svc:8443)"
+            ),
             None => {
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 let host = if listen.ip().is_unspecified() {
@@ -181,6 +188,7 @@ impl Config {
             max_concurrent_requests,
             rate_limit_per_sec,
             rate_limit_burst,
+            store,
             kube,
             oidc,
             sessions,

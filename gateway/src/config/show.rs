@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::StoreConfig;
 use super::{Config, TlsFiles};
 use crate::authn::admin_token::AdminToken;
 use crate::authn::kube::KubeAuthConfig;
@@ -38,6 +39,7 @@ impl Config {
             max_concurrent_requests: usize,
             rate_limit_per_sec: f64,
             rate_limit_burst: u32,
+            store: &'a StoreConfig,
             kubernetes: Option<&'a KubeAuthConfig>,
             oidc: Option<&'a OidcConfig>,
         }
@@ -69,6 +71,7 @@ impl Config {
             max_concurrent_requests: self.max_concurrent_requests,
             rate_limit_per_sec: self.rate_limit_per_sec,
             rate_limit_burst: self.rate_limit_burst,
+            store: &self.store,
             kubernetes: self.kube.as_ref(),
             oidc: self.oidc.as_ref(),
         };

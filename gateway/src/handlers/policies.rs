@@ -25,8 +25,9 @@ use crate::routes::authorize_namespace;
 use crate::sessions::credentials;
 use crate::store::{Precondition, policy_usable_by};
 
-/// Attempts at an unconditional write that races other writers of the same policy.
-const WRITE_ATTEMPTS: usize = 3;
+/// Attempts at an unconditional write that races other writers of the same
+/// policy (on a replicated gateway, writers on every replica race).
+const WRITE_ATTEMPTS: usize = 16;
 
 fn policy_answer(policy: &StoredPolicy) -> Response {
     let mut resp = json(StatusCode::OK, policy);

@@ -326,6 +326,7 @@ fn empty_dir(name: &str, memory: bool, size: &str) -> Volume {
         empty_dir: Some(EmptyDirVolumeSource {
             medium: memory.then(|| "Memory".to_owned()),
             size_limit: Some(quantity(size)),
+            ..EmptyDirVolumeSource::default()
         }),
         ..Volume::default()
     }
@@ -1041,7 +1042,7 @@ pub(crate) fn wrap(
                 name: cm_name.clone(),
                 default_mode: Some(MOUNTED_FILE_MODE),
                 optional: Some(false),
-                items: None,
+                ..Default::default()
             }),
             ..Volume::default()
         });
@@ -1053,7 +1054,7 @@ pub(crate) fn wrap(
                 secret_name: Some(secret.clone()),
                 default_mode: Some(MOUNTED_FILE_MODE),
                 optional: Some(false),
-                items: None,
+                ..Default::default()
             }),
             ..Volume::default()
         });
@@ -1062,15 +1063,16 @@ pub(crate) fn wrap(
         volumes.push(Volume {
             name: VOL_TOKEN.to_owned(),
             projected: Some(ProjectedVolumeSource {
-                default_mode: None,
                 sources: Some(vec![VolumeProjection {
                     service_account_token: Some(ServiceAccountTokenProjection {
                         audience: Some(palisade_api::GATEWAY_AUDIENCE.to_owned()),
                         expiration_seconds: Some(settings.token_expiration_seconds),
                         path: TOKEN_FILE_NAME.to_owned(),
+                        ..ServiceAccountTokenProjection::default()
                     }),
                     ..VolumeProjection::default()
                 }]),
+                ..ProjectedVolumeSource::default()
             }),
             ..Volume::default()
         });

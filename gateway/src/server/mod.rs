@@ -4,6 +4,8 @@
 //! prunes expired bootstrap tokens, and shuts down gracefully.
 
 pub mod admin;
+pub mod lease;
+pub mod replicated;
 pub mod stack;
 pub mod tls;
 
@@ -23,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::authn::Authenticators;
 use crate::authn::admin_token::AdminToken;
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::http::{HttpService, Next, boxed};
 use crate::keys::KeySet;
 use crate::metrics::Metrics;
@@ -39,7 +41,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the key rotator looks at the active key's age.
 const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Build the shared state from a validated config.
+/// Build the shared state from a validated config, on the embedded store.
 pub fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     crate::fsutil::private_dir(&config.data_dir).with_context(|| {
         format!(
@@ -47,10 +49,22 @@ pub fn build_state(config: Config) -> anyhow::Result<Arc<AppState>> {
             config.data_dir.display()
         )
     })?;
+    // The embedded store opens its file in the data dir, so the dir comes first.
     // Sandbox ids kept in memory too: the per-request revocation check.
     let store: Arc<dyn Store> = Arc::new(crate::authn::live_sandboxes::LiveSandboxStore::load(
         Arc::new(RedbStore::open(&config.data_dir)?),
     )?);
+    build_state_with(config, store)
+}
+
+/// Build the shared state from a validated config and an opened store.
+pub fn build_state_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<AppState>> {
+    crate::fsutil::private_dir(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create data dir {} (mode 0700); create it or pass --data-dir",
+            config.data_dir.display()
+        )
+    })?;
     let admin_token = config
         .admin_token_file
         .as_deref()
@@ -133,7 +147,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map(tls::server_config)
         .transpose()?
         .map(TlsAcceptor::from);
-    let state = build_state(config)?;
+    let (state, kube_store) = match &config.store {
+        StoreConfig::Embedded => (build_state(config)?, None),
+        StoreConfig::Kubernetes {
+            kube_config,
+            namespace,
+            ..
+        } => {
+            let kube_store = replicated::open(kube_config.as_deref(), namespace).await?;
+            let store: Arc<dyn Store> = kube_store.clone();
+            // Key loads and writes block on the API: off the async threads.
+            let state = tokio::task::spawn_blocking(move || build_state_with(config, store))
+                .await
+                .context("state builder panicked")??;
+            (state, Some(kube_store))
+        }
+    };
     let config = &state.config;
     if tls.is_none() {
         tracing::warn!("serving the API WITHOUT TLS (--insecure-plaintext); local use only");
@@ -172,6 +201,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         header_timeout,
         rx.clone(),
     ));
+    if let (Some(kube_store), StoreConfig::Kubernetes { lease_duration, .. }) =
+        (kube_store, &config.store)
+    {
+        let elector = lease::Elector::new(
+            kube_store.client(),
+            kube_store.namespace(),
+            replicated::identity(),
+            *lease_duration,
+        );
+        tracing::info!(
+            identity = elector.identity(),
+            "standing for the gateway Lease"
+        );
+        let (leader, leading) = watch::channel(false);
+        let gauge = state.metrics.leader.clone();
+        let mut shown = leading.clone();
+        tasks.spawn(async move {
+            while shown.changed().await.is_ok() {
+                gauge.set(i64::from(*shown.borrow()));
+            }
+        });
+        tasks.spawn(elector.run(leader, rx.clone()));
+        tasks.spawn(replicated::collect_garbage(
+            kube_store.clone(),
+            leading,
+            *lease_duration,
+            rx.clone(),
+        ));
+        tasks.spawn(replicated::follow(state.clone(), kube_store, rx.clone()));
+    }
     tasks.spawn(rotate_keys_by_age(state.clone(), rx));
     tracing::info!(%api_addr, %admin_addr, issuer = %config.issuer, "gateway serving");
     Ok(Running {
@@ -213,6 +272,10 @@ async fn rotate_keys_by_age(state: Arc<AppState>, mut shutdown: watch::Receiver<
 /// otherwise drop retired keys past their window. Returns the new kid.
 pub fn rotate_if_due(state: &AppState, now: u64) -> Option<String> {
     let keys = state.tokens.keys();
+    // Another replica may have rotated (shared keys); no-op for key files.
+    if let Err(e) = keys.refresh(now) {
+        tracing::warn!(error = %e, "cannot reload the shared signing keys");
+    }
     if keys.active_age(now) >= state.config.key_rotation_interval.as_secs() {
         match keys.rotate(now) {
             Ok(k) => {

@@ -10,6 +10,7 @@
 //! Must never: store a bootstrap token itself (only its SHA-256), or a private key
 //! (those live in 0600 files beside the database, see [`crate::keys`]).
 
+pub mod kube_store;
 pub mod redb_store;
 
 use palisade_api::{Sandbox, StoredPolicy};
@@ -204,6 +205,45 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn list_keys(&self) -> Result<Vec<KeyMeta>, StoreError>;
     /// Replace the whole key metadata set in one transaction.
     fn replace_keys(&self, keys: &[KeyMeta]) -> Result<(), StoreError>;
+
+    /// The signing keys, private halves included, when this store holds
+    /// them (a replicated gateway: every replica signs and verifies with the
+    /// same keys); `None` when they are files beside the store (the
+    /// embedded store, see [`crate::keys`]).
+    fn load_key_material(&self) -> Result<Option<KeyMaterial>, StoreError> {
+        Ok(None)
+    }
+    /// Replace metadata and private keys in one write, only if the stored
+    /// set is still `expected` (its [`KeyMaterial::version`]); `Ok(None)`
+    /// when another writer changed it first (reload and decide again).
+    fn store_key_material(
+        &self,
+        _expected: &str,
+        _keys: &[KeyMeta],
+        _pems: &std::collections::BTreeMap<String, zeroize::Zeroizing<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        Err(StoreError::Backend(
+            "this store keeps no private keys; they are files in the data dir".into(),
+        ))
+    }
+}
+
+/// Signing keys as a store that holds them returns them.
+pub struct KeyMaterial {
+    /// Opaque: changes with every write (a resourceVersion).
+    pub version: String,
+    pub keys: Vec<KeyMeta>,
+    /// PKCS#8 PEM by kid.
+    pub pems: std::collections::BTreeMap<String, zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("version", &self.version)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether a sandbox of `sandbox_ns` may run a policy of `policy_ns`: one of

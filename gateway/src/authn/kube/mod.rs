@@ -360,7 +360,7 @@ impl KubeAuthenticator {
         let reviews: Api<TokenReview> = Api::all(client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
+                token: token.to_owned(),
                 audiences: Some(vec![self.settings.audience.clone()]),
             },
             ..TokenReview::default()
