@@ -111,11 +111,15 @@ struct Cache<K> {
     changes: tokio::sync::watch::Sender<u64>,
     /// Since when the watch has been failing (`None`: it is healthy).
     broken_since: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Whether a watch error may be logged as it is. Not for Secrets: a
+    /// decoding error can quote the value it choked on.
+    quote_errors: bool,
 }
 
 impl<K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static> Cache<K> {
-    fn new() -> Arc<Self> {
+    fn new(quote_errors: bool) -> Arc<Self> {
         Arc::new(Cache {
+            quote_errors,
             objects: RwLock::new(HashMap::new()),
             changed: Notify::new(),
             changes: tokio::sync::watch::channel(0).0,
@@ -183,7 +187,12 @@ impl<K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 's
                         self.broken_since
                             .lock()
                             .get_or_insert_with(std::time::Instant::now);
-                        tracing::warn!(kind = std::any::type_name::<K>(), error = %e,
+                        let error = if self.quote_errors {
+                            e.to_string()
+                        } else {
+                            "<withheld: it may quote a secret value>".to_owned()
+                        };
+                        tracing::warn!(kind = std::any::type_name::<K>(), %error,
                             "watch failed; listing again");
                         break;
                     }
@@ -277,9 +286,9 @@ impl KubeStore {
         namespace: &str,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let sandboxes = Cache::new();
-        let policies = Cache::new();
-        let secrets = Cache::new();
+        let sandboxes = Cache::new(true);
+        let policies = Cache::new(true);
+        let secrets = Cache::new(false);
         let mut tasks = Vec::new();
         let mut readies = Vec::new();
         let ready = Arc::new(Notify::new());
@@ -544,7 +553,7 @@ impl KubeStore {
         let tokens = secrets
             .list(&ListParams::default().labels(&format!("{SANDBOX_LABEL}={}", id.as_str())))
             .await
-            .map_err(backend)?;
+            .map_err(|e| backend(status_reason(&e)))?;
         for token in tokens.items {
             match secrets
                 .delete(&token.name_any(), &DeleteParams::default())
@@ -584,7 +593,7 @@ impl KubeStore {
         self.own_secrets()
             .get_opt(&format!("{BOOTSTRAP_PREFIX}{}", hash.to_ascii_lowercase()))
             .await
-            .map_err(backend)
+            .map_err(|e| backend(status_reason(&e)))
     }
 
     async fn lookup_bootstrap_async(
@@ -625,7 +634,7 @@ impl KubeStore {
         let items = secrets
             .list(&ListParams::default().labels(SANDBOX_LABEL))
             .await
-            .map_err(backend)?
+            .map_err(|e| backend(status_reason(&e)))?
             .items;
         let mut pruned = 0;
         for secret in items {
@@ -651,7 +660,7 @@ impl KubeStore {
         let tokens = secrets
             .list(&ListParams::default().labels(SANDBOX_LABEL))
             .await
-            .map_err(backend)?;
+            .map_err(|e| backend(status_reason(&e)))?;
         for token in tokens.items {
             if token.type_.as_deref() != Some(BOOTSTRAP_TYPE) {
                 continue;
@@ -939,7 +948,10 @@ impl KubeStore {
         let allowance_text =
             serde_json::to_string(allowance).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         for _ in 0..CONFLICT_RETRIES {
-            let current = api.get_opt(&object_name).await.map_err(backend)?;
+            let current = api
+                .get_opt(&object_name)
+                .await
+                .map_err(|e| backend(status_reason(&e)))?;
             let revision = self.next_revision(SECRET_COUNTER).await?;
             let mut object = current.clone().unwrap_or_default();
             object.metadata.name = Some(object_name.clone());
@@ -1044,6 +1056,8 @@ async fn delete_as_read(api: &Api<Secret>, secret: &Secret) -> Result<bool, Stor
 fn status_reason(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} {}", s.code, s.reason),
+        // serde's message may quote the value it could not decode.
+        kube::Error::SerdeError(_) => "the API server's answer did not decode".to_owned(),
         other => other.to_string(),
     }
 }
@@ -1321,7 +1335,7 @@ impl Store for KubeStore {
     fn load_key_material(&self) -> Result<Option<KeyMaterial>, StoreError> {
         let secret = self
             .block(self.own_secrets().get_opt(SIGNING_KEYS))
-            .map_err(backend)?;
+            .map_err(|e| backend(status_reason(&e)))?;
         let Some(secret) = secret else {
             return Ok(Some(KeyMaterial {
                 version: String::new(),
